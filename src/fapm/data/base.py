@@ -1,0 +1,168 @@
+"""Shared Lightning data module: record validation, normal hold-out split and dataloaders.
+
+Concrete datasets (MVTec, VisA, folder) only implement ``build_records()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from fapm.data.errors import DataError
+from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
+from fapm.data.transforms import Preprocess
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"normal_holdout must be in [0, 1), got {fraction}")
+
+
+def split_holdout(
+    records: list[SampleRecord], fraction: float, seed: int
+) -> tuple[list[SampleRecord], list[SampleRecord]]:
+    """Split normal training records into ``(train, held_out)`` with a seeded permutation.
+
+    ``round(fraction * n)`` records (at least 1 when ``fraction > 0``) are held out; both
+    parts keep the original (sorted) order.
+    """
+    _check_fraction(fraction)
+    n = len(records)
+    n_held = 0 if fraction == 0.0 else max(1, round(fraction * n))
+    if n_held == 0:
+        return list(records), []
+    if n_held >= n:
+        raise DataError(
+            f"normal_holdout={fraction} would hold out {n_held} of only {n} training images, "
+            "leaving none to build the memory bank"
+        )
+    held = set(np.random.default_rng(seed).permutation(n)[:n_held].tolist())
+    train = [r for i, r in enumerate(records) if i not in held]
+    held_out = [r for i, r in enumerate(records) if i in held]
+    return train, held_out
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Base data module. Subclasses implement ``build_records() -> (train, test)``.
+
+    ``setup()`` builds and validates every record once (any stage) and raises a single
+    ``DataError`` on bad data. The training set is the normal images minus a seeded
+    ``normal_holdout`` fraction, which forms the validation set.
+    """
+
+    #: VisA-style masks store small nonzero ids instead of 255.
+    mask_nonzero: bool = False
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        crop_size: int | None = 224,
+        train_batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        normal_holdout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_fraction(normal_holdout)
+        if train_batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
+        self.preprocess = Preprocess(image_size=image_size, crop_size=crop_size)
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.normal_holdout = normal_holdout
+        self.seed = seed
+        self.train_records: list[SampleRecord] = []
+        self.val_records: list[SampleRecord] = []
+        self.test_records: list[SampleRecord] = []
+        self._is_setup = False
+
+    # --- to implement -------------------------------------------------------------------
+    def build_records(self) -> tuple[list[SampleRecord], list[SampleRecord]]:
+        """Return ``(train_normal_records, test_records)``; raise ``DataError`` on layout problems."""
+        raise NotImplementedError
+
+    # --- Lightning hooks ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Build, validate and split the records (idempotent; every stage gets everything)."""
+        if self._is_setup:
+            return
+        train, test = self.build_records()
+        validate_records(train + test)
+        self.train_records, self.val_records = split_holdout(train, self.normal_holdout, self.seed)
+        self.test_records = test
+        self._is_setup = True
+
+    def _dataset(self, records: list[SampleRecord]) -> SampleListDataset:
+        return SampleListDataset(records, self.preprocess, mask_nonzero=self.mask_nonzero)
+
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
+        self.setup()  # before reading the records: Lightning may call a loader without setup()
+        records = {"train": self.train_records, "val": self.val_records, "test": self.test_records}[split]
+        return DataLoader(
+            self._dataset(records),
+            batch_size=batch_size,
+            shuffle=False,  # memory building is order-independent; a fixed order keeps runs reproducible
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Normal training images (minus the hold-out), in sorted order."""
+        return self._loader("train", self.train_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Held-out normal images; ``[]`` when ``normal_holdout == 0`` (Lightning 2.6 then skips validation)."""
+        self.setup()
+        if not self.val_records:
+            return []
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test set: normal and defective images, sorted by defect type then name."""
+        return self._loader("test", self.eval_batch_size)
+
+    # --- introspection ------------------------------------------------------------------
+    def train_dataset(self) -> SampleListDataset:
+        """Dataset of the training records (after ``setup``)."""
+        self.setup()
+        return self._dataset(self.train_records)
+
+    def test_dataset(self) -> SampleListDataset:
+        """Dataset of the test records (after ``setup``)."""
+        self.setup()
+        return self._dataset(self.test_records)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every test image has known pixel ground truth (pixel metrics are valid)."""
+        self.setup()
+        return all(r.has_mask for r in self.test_records)
+
+    @property
+    def defect_types(self) -> list[str]:
+        """Sorted defect types present in the test set (``"good"`` excluded)."""
+        self.setup()
+        return sorted({r.defect_type for r in self.test_records if r.defect_type != GOOD})
+
+    def describe(self) -> dict[str, Any]:
+        """Counts for logs/reports: split sizes, test images per defect type, mask availability."""
+        self.setup()
+        per_type = Counter(r.defect_type for r in self.test_records)
+        return {
+            "n_train": len(self.train_records),
+            "n_val": len(self.val_records),
+            "n_test": len(self.test_records),
+            "n_test_good": sum(1 for r in self.test_records if r.label == 0),
+            "n_test_defect": sum(1 for r in self.test_records if r.label == 1),
+            "test_per_type": dict(sorted(per_type.items())),
+            "defect_types": self.defect_types,
+            "has_masks": self.has_masks,
+            "preprocess": self.preprocess.to_dict(),
+        }

@@ -1,0 +1,10 @@
+"""The one exception type the data layer raises for bad or missing data."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent.
+
+    The message always names the offending path, so it can be shown to the user as is.
+    """

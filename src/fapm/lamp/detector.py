@@ -1,0 +1,90 @@
+"""LAMP detector: the autoencoder plus reconstruction-error scoring (plain ``nn.Module``).
+
+The data pipeline hands over ImageNet-normalised images. The detector undoes that
+normalisation (``pixel_mean``/``pixel_std``) and the autoencoder reconstructs the image in
+``[0, 1]``: SSIM's constants and the per-element losses then have their usual scale, and
+errors are comparable between categories. With ``pixel_mean = 0`` and ``pixel_std = 1``
+(and no output sigmoid) the autoencoder reconstructs the normalised tensor directly.
+
+Scoring: per-pixel error ``e = mean_c (x̂ − x)²`` ``[B, H, W]``; image score = L2
+reconstruction error (mean of ``e`` over the image, unblurred); anomaly map = ``e``
+blurred with a Gaussian (σ = 4, as FAPM's maps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fapm.lamp.autoencoder import ConvAutoencoder
+from fapm.types import AnomalyOutput
+
+
+# --- TEMPORARY: local Gaussian blur until fapm.models.scoring.gaussian_blur exists; unify then.
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian blur of ``[B, H, W]`` maps (radius ``⌈truncate·σ⌉``, reflect padding).
+
+    ``sigma <= 0`` returns the maps unchanged.
+    """
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(truncate * sigma + 0.5))
+    coords = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-coords.square() / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)
+    h, w = x.shape[-2:]
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+# --- end TEMPORARY
+
+
+class LampDetector(nn.Module):
+    """Reconstruction-based anomaly detector.
+
+    Args:
+        autoencoder: the reconstruction network (``[B, C, H, W]`` → same shape).
+        blur_sigma: σ of the Gaussian applied to the anomaly maps (0 = none).
+        pixel_mean, pixel_std: the normalisation of the incoming images, undone before
+            reconstruction.
+    """
+
+    def __init__(
+        self,
+        autoencoder: ConvAutoencoder | nn.Module,
+        blur_sigma: float = 4.0,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.blur_sigma = float(blur_sigma)
+        self.register_buffer("pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def to_target(self, images: Tensor) -> Tensor:
+        """Normalised ``[B, C, H, W]`` → the image the autoencoder must reproduce, same shape."""
+        return images * self.pixel_std.to(images.dtype) + self.pixel_mean.to(images.dtype)
+
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised images ``[B, C, H, W]`` → ``(target, reconstruction)``, both ``[B, C, H, W]``."""
+        target = self.to_target(images)
+        return target, self.autoencoder(target)
+
+    def score(self, target: Tensor, reconstruction: Tensor) -> AnomalyOutput:
+        """Scores from a reconstruction: ``image_scores [B]``, ``anomaly_maps [B, H, W]``."""
+        error = (reconstruction - target).square().mean(dim=1)
+        return AnomalyOutput(
+            image_scores=error.flatten(1).mean(dim=1),
+            anomaly_maps=gaussian_blur(error, self.blur_sigma),
+        )
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        """Normalised images ``[B, C, H, W]`` → :class:`AnomalyOutput`."""
+        return self.score(*self.reconstruct(images))

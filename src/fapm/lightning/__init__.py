@@ -1,0 +1,1 @@
+"""Thin Lightning glue around the plain-torch detectors."""

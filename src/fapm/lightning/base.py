@@ -1,0 +1,104 @@
+"""Shared test-time glue for every anomaly detector: timing, metrics, facts.
+
+Subclasses implement ``forward(images) -> AnomalyOutput`` (and whatever training they
+need); this class scores the test set, updates the metrics and measures speed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from fapm.metrics import AnomalyMetrics
+from fapm.types import AnomalyOutput
+
+
+class AnomalyModule(L.LightningModule):
+    """Base LightningModule: ``test_step`` scores a batch, times it and updates the metrics.
+
+    Args:
+        timing_warmup: test batches whose latency is not counted (first calls pay for
+            allocator warm-up, lazy initialisation and caches).
+    """
+
+    def __init__(self, timing_warmup: int = 2) -> None:
+        super().__init__()
+        self.timing_warmup = timing_warmup
+        self.metrics = AnomalyMetrics()
+        self.test_results: dict[str, Any] = {}
+        self._batch_seconds: list[float] = []
+        self._batch_sizes: list[int] = []
+        self._seen_batches = 0
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, images: Tensor) -> AnomalyOutput:  # pragma: no cover - abstract
+        """Score ``images [B, 3, H, W]`` → :class:`AnomalyOutput`."""
+        raise NotImplementedError
+
+    def _timed_forward(self, images: Tensor) -> tuple[AnomalyOutput, float]:
+        """Run ``forward`` and return its wall time; CUDA work is synchronised around it."""
+        cuda = images.is_cuda
+        if cuda:
+            torch.cuda.synchronize(images.device)
+        start = time.perf_counter()
+        output = self(images)
+        if cuda:
+            torch.cuda.synchronize(images.device)
+        return output, time.perf_counter() - start
+
+    # ------------------------------------------------------------------ testing
+    def on_test_epoch_start(self) -> None:
+        self.metrics.reset()
+        self._batch_seconds.clear()
+        self._batch_sizes.clear()
+        self._seen_batches = 0
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        with torch.inference_mode():
+            output, seconds = self._timed_forward(images)
+        # A short test set still gets one timed batch.
+        if self._seen_batches >= self.timing_warmup or batch_idx == 0 and self.trainer.num_test_batches[0] <= self.timing_warmup:
+            self._batch_seconds.append(seconds)
+            self._batch_sizes.append(images.shape[0])
+        self._seen_batches += 1
+        masks = batch.get("mask")
+        has_mask = batch.get("has_mask")
+        if masks is not None and has_mask is not None and not bool(torch.as_tensor(has_mask).all()):
+            masks = None
+        self.metrics.update(
+            output.image_scores,
+            batch["label"],
+            output.anomaly_maps,
+            None if masks is None else masks[:, 0],
+            list(batch["defect_type"]),
+            paths=list(batch["path"]) if "path" in batch else None,
+        )
+
+    def on_test_epoch_end(self) -> None:
+        results = dict(self.metrics.compute())
+        results.update(self.speed())
+        self.test_results = results
+        loggable = {k: float(v) for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.log_dict(loggable, sync_dist=False)
+
+    def speed(self) -> dict[str, float]:
+        """Throughput and per-image latency over the timed (post-warm-up) test batches."""
+        if not self._batch_seconds:
+            return {"fps": float("nan"), "latency_ms": float("nan")}
+        per_image = [s / n for s, n in zip(self._batch_seconds, self._batch_sizes)]
+        return {
+            "fps": sum(self._batch_sizes) / sum(self._batch_seconds),
+            "latency_ms": 1000.0 * statistics.median(per_image),
+            "timed_images": float(sum(self._batch_sizes)),
+        }
+
+    def facts(self) -> dict[str, Any]:
+        """Model facts for ``metrics.json`` and the run summary (subclasses extend)."""
+        return {}

@@ -1,0 +1,184 @@
+"""Lightning glue for the LAMP detector: training with an optimiser, validation loss, facts.
+
+The algorithm (autoencoder, loss, scoring) lives in :mod:`fapm.lamp`; this class wires
+it to the trainer. Test-time scoring, metrics and timing come from
+:class:`~fapm.lightning.base.AnomalyModule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from fapm.lamp.detector import LampDetector
+from fapm.lamp.loss import ReconstructionLoss
+from fapm.lightning.base import AnomalyModule
+from fapm.types import AnomalyOutput
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+#: Logged names (monitored by the LAMP checkpoint / early-stopping callbacks).
+TRAIN_LOSS = "train/loss"
+TRAIN_BASE_LOSS = "train/base_loss"
+VAL_LOSS = "val/loss"
+VAL_OBJECTIVE = "val/objective"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (from Hydra) → plain ``dict``/``list`` for JSON."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - Hydra is a dependency of the entry points only
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class LampModule(AnomalyModule):
+    """Trains a :class:`LampDetector` on normal images and scores the test set with it.
+
+    Args:
+        detector: autoencoder + scoring (``images [B, 3, H, W]`` → :class:`AnomalyOutput`).
+        loss: training objective (base loss, optionally LAMP-amplified).
+        optimizer: ``params → Optimizer``; from Hydra a ``_partial_: true`` node such as
+            ``{_target_: torch.optim.Adam, _partial_: true, lr: 1e-3}``.
+        scheduler: optional ``optimizer → LR scheduler``, stepped per epoch on ``val/loss``.
+        timing_warmup: see :class:`AnomalyModule`.
+        **settings: the flat configuration keys the parts are built from (``lamp``,
+            ``base_loss``, ``epsilon``, ``recalibration``, ``msar_scales``, ...; Hydra
+            interpolates them into ``detector`` and ``loss``). Reported by :meth:`facts`,
+            never read to build anything.
+
+    Logged: ``train/loss`` (the objective), ``train/base_loss`` and ``val/loss`` (the
+    un-amplified base loss per element), ``val/objective``. ``val/loss`` is the base loss,
+    not the LAMP value, because LAMP normalises each error map by its own maximum: the
+    amplified value is unchanged when all errors shrink by the same factor, so it cannot
+    rank checkpoints, and the base loss is comparable between ``lamp: true`` and ``false``.
+    """
+
+    def __init__(
+        self,
+        detector: LampDetector,
+        loss: ReconstructionLoss,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        timing_warmup: int = 2,
+        **settings: Any,
+    ) -> None:
+        super().__init__(timing_warmup=timing_warmup)
+        self.settings = dict(settings)
+        self.detector = detector
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        #: Per-epoch means: training objective, training base loss, validation base loss.
+        self.epoch_losses: list[float] = []
+        self.epoch_base_losses: list[float] = []
+        self.val_losses: list[float] = []
+        self._sums = torch.zeros(3, dtype=torch.float64)  # objective·n, base·n, n
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        """Normalised images ``[B, 3, H, W]`` → scores ``[B]`` and maps ``[B, H, W]``."""
+        return self.detector(images)
+
+    # ------------------------------------------------------------------ training
+    def _losses(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        target, reconstruction = self.detector.reconstruct(images)
+        objective = self.loss(reconstruction, target)
+        with torch.no_grad():
+            base = self.loss.base_map(reconstruction, target).mean()
+        return objective, base
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.zero_()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images = batch["image"]
+        objective, base = self._losses(images)
+        n = images.shape[0]
+        self._sums += torch.tensor([objective.item() * n, base.item() * n, n], dtype=torch.float64)
+        self.log(TRAIN_LOSS, objective, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(TRAIN_BASE_LOSS, base, on_step=False, on_epoch=True, batch_size=n)
+        return objective
+
+    def on_train_epoch_end(self) -> None:
+        n = float(self._sums[2])
+        if n > 0:
+            self.epoch_losses.append(float(self._sums[0]) / n)
+            self.epoch_base_losses.append(float(self._sums[1]) / n)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        objective, base = self._losses(images)
+        n = images.shape[0]
+        self.log(VAL_LOSS, base, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(VAL_OBJECTIVE, objective, on_step=False, on_epoch=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        value = self.trainer.callback_metrics.get(VAL_LOSS)
+        if value is not None:
+            self.val_losses.append(float(value))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.detector.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": VAL_LOSS, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ persistence
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lamp_history"] = {
+            "epoch_losses": self.epoch_losses,
+            "epoch_base_losses": self.epoch_base_losses,
+            "val_losses": self.val_losses,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        history = checkpoint.get("lamp_history", {})
+        self.epoch_losses = list(history.get("epoch_losses", []))
+        self.epoch_base_losses = list(history.get("epoch_base_losses", []))
+        self.val_losses = list(history.get("val_losses", []))
+
+    # ------------------------------------------------------------------ facts
+    def facts(self) -> dict[str, Any]:
+        """Model facts for ``metrics.json``: size, loss, recalibration, optimiser, loss history."""
+        ae = self.detector.autoencoder
+        optimizer = self.optimizer_factory
+        facts: dict[str, Any] = {
+            "model_family": "lamp",
+            "settings": _plain(self.settings),
+            "parameters": sum(p.numel() for p in self.detector.parameters()),
+            "base_loss": self.loss.base,
+            "lamp": self.loss.lamp,
+            "lamp_epsilon": self.loss.epsilon,
+            "lamp_max_over": self.loss.max_over,
+            "lamp_detach_max": self.loss.detach_max,
+            "loss_reduction": self.loss.reduction,
+            "recalibration": getattr(ae, "recalibration", "none"),
+            "recalibration_scales": list(getattr(ae, "scales", None) or []),
+            "depth": getattr(ae, "depth", None),
+            "channels": list(getattr(ae, "channels", [])),
+            "patches_per_side": getattr(ae, "patches_per_side", 1),
+            "blur_sigma": self.detector.blur_sigma,
+            "optimizer": getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__),
+            "optimizer_args": dict(getattr(optimizer, "keywords", {}) or {}),
+            "epochs_trained": len(self.epoch_losses),
+            "train_loss_per_epoch": list(self.epoch_losses),
+            "train_base_loss_per_epoch": list(self.epoch_base_losses),
+            "val_loss_per_epoch": list(self.val_losses),
+        }
+        if self.val_losses:
+            facts["best_val_loss"] = min(self.val_losses)
+        return facts

@@ -1,0 +1,100 @@
+"""Lightning glue for memory-bank detectors (FAPM, PatchCore, ablations).
+
+Fitting is one epoch without gradients: ``training_step`` only extracts features, and
+the memory is built when the epoch ends. Testing is the shared :class:`AnomalyModule`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fapm.lightning.base import AnomalyModule
+from fapm.models.detector import BuildReport, MemoryDetector
+from fapm.types import AnomalyOutput
+
+log = logging.getLogger(__name__)
+
+
+class MemoryBankModule(AnomalyModule):
+    """Builds a :class:`MemoryDetector`'s memory in one fit epoch and scores in ``test_step``.
+
+    Args:
+        detector: the plain-torch detector.
+        name: the model's name for reports (``fapm``, ``patchcore``, ``ablation_b``…).
+        timing_warmup: test batches not counted in the latency.
+    """
+
+    def __init__(self, detector: MemoryDetector, name: str = "fapm", timing_warmup: int = 2) -> None:
+        super().__init__(timing_warmup=timing_warmup)
+        self.detector = detector
+        self.name = name
+        self.automatic_optimization = False
+        self.build_report: BuildReport | None = None
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        return self.detector(images)
+
+    def configure_optimizers(self) -> None:
+        return None
+
+    def on_train_epoch_start(self) -> None:
+        self.detector.reset_fit()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.detector.check_input_size(tuple(batch["image"].shape[-2:]))
+        self.detector.collect(batch["image"])
+
+    def on_train_epoch_end(self) -> None:
+        report = self.detector.build()
+        self.build_report = report
+        stats = report.as_dict()
+        self.log_dict({k: float(v) for k, v in stats.items()}, on_epoch=True)
+        for name, sizes, d_max, enlarged in zip(report.stream_names, report.sizes, report.d_max, report.enlarged):
+            log.info(
+                "memory %s: %d vectors in %d regions (%d–%d each), %d enlarged; d_max %s",
+                name, sum(sizes), len(sizes), min(sizes), max(sizes), enlarged, _describe(d_max),
+            )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Normal held-out images are scored only for thresholds (see the thresholds module)."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fitted"] = self.detector.fitted
+
+    def facts(self) -> dict[str, Any]:
+        det = self.detector
+        facts: dict[str, Any] = {
+            "model": self.name,
+            "backbone": det.extractor.name,
+            "layers": list(det.extractor.layers),
+            "weights": str(det.extractor.weight_source),
+            "random_weights": det.extractor.weight_source.is_random,
+            "grid": list(det.grid),
+            "k": det.k,
+        }
+        if det.fitted:
+            facts["memory_vectors"] = det.memory_vectors()
+            facts["memory_bytes"] = det.memory_bytes()
+            facts["memory_sizes"] = {n: m.sizes() for n, m in zip(det.stream_names, det.memories)}
+            facts["enlarged_regions"] = {n: int(m.enlarged.sum()) for n, m in zip(det.stream_names, det.memories)}
+            facts["d_max"] = {
+                n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in zip(det.stream_names, det.memories)
+            }
+        return facts
+
+
+def _describe(values: list[float]) -> str:
+    finite = sorted(v for v in values if v == v)
+    if not finite:
+        return "n/a"
+    return f"min {finite[0]:.3g} median {finite[len(finite) // 2]:.3g} max {finite[-1]:.3g}"
+
+
+def detector_device(module: MemoryBankModule) -> torch.device:
+    return next(module.detector.extractor.parameters()).device

@@ -1,0 +1,295 @@
+"""The memory-bank detector: FAPM, PatchCore and the paper's ablations as one composition.
+
+``features → streams → per-region memories (adaptive coreset) → per-region k-NN →
+layer fusion → anomaly map + image score``. What varies between the methods is only
+configuration:
+
+=========  ======  ==========  ========
+variant    grid    streams     adaptive
+=========  ======  ==========  ========
+A PatchCore 1×1    concat      off (selection on a 128-d projection)
+B          7×7     concat      off
+C          1×1     separate    off
+D          7×7     separate    off
+E FAPM     7×7     separate    on
+=========  ======  ==========  ========
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fapm.models.adaptive import AdaptiveCoreset
+from fapm.models.features import FeatureExtractor
+from fapm.models.knn import KNNSearch, TorchKNN
+from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
+from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
+from fapm.models.streams import FeatureStreams, SeparateLayers
+from fapm.types import AnomalyOutput
+
+log = logging.getLogger(__name__)
+
+
+class NotFittedError(RuntimeError):
+    """The detector was asked to score before its memory was built or loaded."""
+
+
+@dataclass
+class StreamSearch:
+    """One stream's search result for a batch.
+
+    Attributes:
+        queries: ``[R, B·h·w, C]`` the test vectors, split by region.
+        distances: ``[R, B·h·w, k]`` ascending neighbour distances.
+        indices: ``[R, B·h·w, k]`` neighbour indices into the region's searchable memory.
+        size: ``(H_s, W_s)`` the stream's feature-map size.
+    """
+
+    queries: Tensor
+    distances: Tensor
+    indices: Tensor
+    size: tuple[int, int]
+
+
+@dataclass
+class BuildReport:
+    """What a memory build did, per stream (for logs, metrics and figures)."""
+
+    stream_names: list[str]
+    sizes: list[list[int]] = field(default_factory=list)
+    d_max: list[list[float]] = field(default_factory=list)
+    enlarged: list[int] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, name in enumerate(self.stream_names):
+            sizes = self.sizes[i]
+            out[f"memory/{name}/vectors"] = sum(sizes)
+            out[f"memory/{name}/min_region"] = min(sizes)
+            out[f"memory/{name}/max_region"] = max(sizes)
+            out[f"memory/{name}/enlarged_regions"] = self.enlarged[i]
+            out[f"memory/{name}/candidates_per_region"] = self.candidates[i]
+            out[f"memory/{name}/build_seconds"] = self.seconds[i]
+            finite = [d for d in self.d_max[i] if d == d]
+            if finite:
+                out[f"memory/{name}/d_max_min"] = min(finite)
+                out[f"memory/{name}/d_max_median"] = sorted(finite)[len(finite) // 2]
+                out[f"memory/{name}/d_max_max"] = max(finite)
+        return out
+
+
+class MemoryDetector(nn.Module):
+    """Patch-wise, layer-wise memory-bank anomaly detector.
+
+    Args:
+        extractor: backbone returning pooled ``{layer: [B, C, H, W]}``.
+        streams: how layers become feature streams (separate or concatenated).
+        grid: ``(gh, gw)`` patch grid; must divide every stream's feature map.
+        coreset: the (adaptive) coreset applied to every memory.
+        search: factory returning a fresh :class:`KNNSearch` (one per stream).
+        k: neighbours per test vector.
+        layer_weights: fusion weight per stream (default 1 each).
+        image_score: image-score strategy.
+        map_upsample: ``bilinear`` or ``nearest`` resize of the patch map to the input.
+        blur_sigma: Gaussian blur of the anomaly map (0 = none).
+        neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
+        seed: seed of the coreset's random choices.
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        streams: FeatureStreams | None = None,
+        grid: Sequence[int] = (7, 7),
+        coreset: AdaptiveCoreset | None = None,
+        search: Callable[[], KNNSearch] | None = None,
+        k: int = 4,
+        layer_weights: Sequence[float] | None = None,
+        image_score: ImageScore | None = None,
+        map_upsample: str = "bilinear",
+        blur_sigma: float = 4.0,
+        neighbourhood: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"model.k must be >= 1, got {k}")
+        if neighbourhood < 0:
+            raise ValueError(f"model.neighbourhood must be >= 0, got {neighbourhood}")
+        if map_upsample not in ("bilinear", "nearest", "bicubic"):
+            raise ValueError(f"model.map_upsample must be bilinear, nearest or bicubic, got {map_upsample!r}")
+        self.extractor = extractor
+        self.streams = streams or SeparateLayers()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.coreset = coreset or AdaptiveCoreset()
+        self.search_factory = search or TorchKNN
+        self.k = int(k)
+        n_streams = self.streams.count(extractor.layers)
+        self.layer_weights = list(layer_weights) if layer_weights is not None else [1.0] * n_streams
+        if len(self.layer_weights) != n_streams:
+            raise ValueError(f"model.layer_weights needs {n_streams} values (one per stream), got {self.layer_weights}")
+        self.image_score = image_score or SoftmaxWeightedScore()
+        self.map_upsample = map_upsample
+        self.blur_sigma = float(blur_sigma)
+        self.neighbourhood = int(neighbourhood)
+        self.seed = int(seed)
+        self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
+        self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
+        self._collected: list[list[Tensor]] = [[] for _ in range(n_streams)]
+        self._searches: list[KNNSearch] = []
+        self._search_key: tuple | None = None
+        self.last_build: BuildReport | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def fitted(self) -> bool:
+        return all(m.fitted for m in self.memories)
+
+    def effective_k(self) -> int:
+        """``k`` capped by the smallest region memory (a region cannot return more items)."""
+        smallest = min(int(m.lengths.min()) for m in self.memories)
+        return min(self.k, smallest)
+
+    def memory_vectors(self) -> int:
+        return sum(int(m.lengths.sum()) for m in self.memories)
+
+    def memory_bytes(self) -> int:
+        """Bytes of stored (non-padding) memory vectors."""
+        return sum(int(m.lengths.sum()) * m.memory.shape[-1] * m.memory.element_size() for m in self.memories)
+
+    # ---------------------------------------------------------------- fitting
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """Fail early if the grid does not divide the streams' maps for inputs of ``size``."""
+        device = next(self.extractor.parameters()).device
+        with torch.no_grad():
+            streams = self.streams(self.extractor(torch.zeros(1, 3, *size, device=device)))
+        for name, s in zip(self.stream_names, streams):
+            check_grid(s.shape[-2], s.shape[-1], self.grid, what=f"feature map of stream {name!r}")
+
+    def reset_fit(self) -> None:
+        """Forget collected features (start of a fit epoch)."""
+        self._collected = [[] for _ in self.memories]
+
+    @torch.no_grad()
+    def collect(self, images: Tensor) -> None:
+        """Extract features of normal ``images [B, 3, H, W]`` and keep them for :meth:`build`."""
+        for store, stream in zip(self._collected, self.streams(self.extractor(images))):
+            store.append(split_regions(stream, self.grid))
+
+    def add_features(self, streams: Sequence[Tensor]) -> None:
+        """Keep already-extracted stream features ``[B, C_s, H_s, W_s]`` (shared-feature runs)."""
+        for store, stream in zip(self._collected, streams):
+            store.append(split_regions(stream, self.grid))
+
+    @torch.no_grad()
+    def build(self) -> BuildReport:
+        """Build every memory from the collected features; frees them as it goes."""
+        if not self._collected or not self._collected[0]:
+            raise NotFittedError("no training features were collected: is the training set empty?")
+        generator = torch.Generator().manual_seed(self.seed)
+        report = BuildReport(stream_names=list(self.stream_names))
+        for i, memory in enumerate(self.memories):
+            start = time.perf_counter()
+            parts = self._collected[i]
+            candidates = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            self._collected[i] = []
+            del parts
+            report.candidates.append(candidates.shape[1])
+            result = self.coreset(candidates, generator)
+            memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
+            del candidates
+            if memory.memory.is_cuda:
+                torch.cuda.synchronize(memory.memory.device)
+            report.seconds.append(time.perf_counter() - start)
+            report.sizes.append(memory.sizes())
+            report.d_max.append([float(v) for v in result.d_max.tolist()])
+            report.enlarged.append(int(result.enlarged.sum()))
+        self.last_build = report
+        self._search_key = None
+        return report
+
+    # ---------------------------------------------------------------- scoring
+    def _ensure_search(self) -> None:
+        if not self.fitted:
+            raise NotFittedError("the memory is empty: fit the detector or load a model file first")
+        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.neighbourhood,)
+        if key == self._search_key:
+            return
+        self._searches = []
+        for memory in self.memories:
+            search = self.search_factory()
+            search.fit(*memory.searchable(self.neighbourhood))
+            self._searches.append(search)
+        self._search_key = key
+
+    def extract(self, images: Tensor) -> list[Tensor]:
+        """``images [B, 3, H, W]`` → streams ``[B, C_s, H_s, W_s]``."""
+        return self.streams(self.extractor(images))
+
+    def nearest(self, streams: Sequence[Tensor], k: int | None = None) -> list[StreamSearch]:
+        """Per-region k-NN of every stream's vectors in its region's memory."""
+        self._ensure_search()
+        k = self.effective_k() if k is None else k
+        out = []
+        for stream, search in zip(streams, self._searches):
+            queries = split_regions(stream, self.grid)
+            dist, idx = search.search(queries, k)
+            out.append(StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1])))
+        return out
+
+    def fuse(self, results: Sequence[StreamSearch], batch: int) -> Tensor:
+        """Stream results → fused ``[B, k, H, W]`` neighbour distances on the finest grid."""
+        maps = [merge_regions(r.distances, batch, self.grid, r.size) for r in results]
+        return fuse_streams(maps, self.layer_weights)
+
+    def to_map(self, fused: Tensor, size: tuple[int, int]) -> Tensor:
+        """Fused distances ``[B, k, H, W]`` → anomaly map ``[B, *size]``."""
+        return anomaly_map(fused[:, 0], size, self.blur_sigma, self.map_upsample)
+
+    def score(self, fused: Tensor, results: Sequence[StreamSearch]) -> Tensor:
+        """Image scores ``[B]`` from the fused distances (and the search results, for PatchCore)."""
+        return self.image_score(ScoreContext(fused, lambda pos, n: self._support_distances(results, fused, pos, n)))
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        """Score ``images [B, 3, H, W]`` → image scores ``[B]`` and maps ``[B, H, W]``."""
+        results = self.nearest(self.extract(images))
+        fused = self.fuse(results, images.shape[0])
+        return AnomalyOutput(self.score(fused, results), self.to_map(fused, tuple(images.shape[-2:])))
+
+    # ----------------------------------------------------------- PatchCore's support set
+    def _support_distances(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
+        """Fused distances ``[B, n]`` from the feature at ``pos`` to the support set of its nearest item."""
+        batch = fused.shape[0]
+        height, width = fused.shape[-2:]
+        y, x = pos // width, pos % width
+        total: Tensor | None = None
+        gh, gw = self.grid
+        n = min(n, min(int(m.lengths.min()) for m in self.memories))
+        for result, memory, weight in zip(results, self.memories, self.layer_weights):
+            hs, ws = result.size
+            h, w = hs // gh, ws // gw
+            ys, xs = y * hs // height, x * ws // width
+            region = (ys // h) * gw + xs // w
+            offset = torch.arange(batch, device=pos.device) * (h * w) + (ys % h) * w + xs % w
+            vectors, norms = memory.searchable(self.neighbourhood)
+            rows = []
+            for b in range(batch):
+                r, o = int(region[b]), int(offset[b])
+                query = result.queries[r, o]
+                item = vectors[r, result.indices[r, o, 0]]
+                item_sq = torch.addmv(norms[r], vectors[r], item, alpha=-2) + item.dot(item)
+                support = torch.topk(item_sq, n, largest=False).indices
+                diff = vectors[r, support] - query
+                rows.append(diff.norm(dim=1))
+            d = torch.stack(rows) * weight
+            total = d if total is None else total + d
+        assert total is not None
+        return total

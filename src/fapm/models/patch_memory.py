@@ -1,0 +1,168 @@
+"""Patch-wise memories: splitting feature maps into grid regions and storing one memory per region.
+
+A feature map ``[B, C, H, W]`` on a ``gh × gw`` grid has ``R = gh·gw`` regions of
+``h × w = (H/gh) × (W/gw)`` positions. Region ``i`` (row-major) of every image feeds
+memory ``i``; a grid of 1×1 is one global memory (PatchCore).
+
+Memories have different sizes after the adaptive coreset, so they are stored padded,
+``[R, K_max, C]`` with ``lengths [R]``, in registered buffers: they travel in the
+Lightning checkpoint and move with ``.to(device)``. Padded rows are never returned by a
+search: their squared norms are +inf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class GridError(ValueError):
+    """A patch grid that does not fit a feature map."""
+
+
+def check_grid(height: int, width: int, grid: tuple[int, int], what: str = "feature map") -> tuple[int, int]:
+    """Region size ``(h, w)`` of a ``[.., height, width]`` map on ``grid``; error if it does not divide."""
+    gh, gw = grid
+    if gh < 1 or gw < 1:
+        raise GridError(f"model.grid must be positive, got {list(grid)}")
+    if height % gh or width % gw:
+        raise GridError(
+            f"model.grid {gh}x{gw} does not divide the {what} of {height}x{width}: every region must own "
+            f"the same number of feature vectors (choose a grid that divides {height} and {width})"
+        )
+    return height // gh, width // gw
+
+
+def split_regions(features: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``[B, C, H, W]`` → ``[R, B·h·w, C]``, region-major (row-major over the grid).
+
+    Within a region, vectors are ordered by image, then row, then column.
+    """
+    b, c, height, width = features.shape
+    h, w = check_grid(height, width, grid)
+    gh, gw = grid
+    x = features.view(b, c, gh, h, gw, w).permute(2, 4, 0, 3, 5, 1)  # [gh, gw, B, h, w, C]
+    return x.reshape(gh * gw, b * h * w, c)
+
+
+def merge_regions(values: Tensor, batch: int, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`split_regions`: ``[R, B·h·w, D]`` → ``[B, D, H, W]``."""
+    gh, gw = grid
+    height, width = size
+    h, w = check_grid(height, width, grid)
+    d = values.shape[-1]
+    x = values.reshape(gh, gw, batch, h, w, d).permute(2, 5, 0, 3, 1, 4)  # [B, D, gh, h, gw, w]
+    return x.reshape(batch, d, height, width)
+
+
+def neighbour_table(grid: tuple[int, int], radius: int, device: torch.device | None = None) -> Tensor:
+    """``[R, (2r+1)²]`` indices of each region's neighbours within ``radius`` (itself first),
+    -1 where the neighbourhood leaves the grid."""
+    gh, gw = grid
+    rows = torch.arange(gh, device=device).view(gh, 1).expand(gh, gw).reshape(-1)
+    cols = torch.arange(gw, device=device).view(1, gw).expand(gh, gw).reshape(-1)
+    offsets = [(0, 0)] + [
+        (dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) != (0, 0)
+    ]
+    dy = torch.tensor([o[0] for o in offsets], device=device)
+    dx = torch.tensor([o[1] for o in offsets], device=device)
+    ny = rows.unsqueeze(1) + dy
+    nx = cols.unsqueeze(1) + dx
+    inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
+    return torch.where(inside, ny * gw + nx, torch.full_like(ny, -1))
+
+
+class PatchMemory(nn.Module):
+    """The memories of one feature stream: padded ``[R, K_max, C]`` vectors and ``[R]`` lengths.
+
+    Also keeps, per region, the adaptive rule's ``d_max`` and whether it was enlarged.
+
+    Args:
+        grid: ``(gh, gw)`` the regions' layout (for neighbourhood search).
+    """
+
+    memory: Tensor
+    lengths: Tensor
+    d_max: Tensor
+    enlarged: Tensor
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.register_buffer("memory", torch.empty(0, 0, 0))
+        self.register_buffer("lengths", torch.empty(0, dtype=torch.long))
+        self.register_buffer("d_max", torch.empty(0))
+        self.register_buffer("enlarged", torch.empty(0, dtype=torch.bool))
+        self._derived: dict[Any, Tensor] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return self.memory.numel() > 0
+
+    @property
+    def num_regions(self) -> int:
+        return self.memory.shape[0]
+
+    def set(self, candidates: Tensor, indices: Tensor, lengths: Tensor, d_max: Tensor, enlarged: Tensor) -> None:
+        """Store the selected vectors: ``candidates [R, N, C]``, ``indices [R, K_max]`` (-1 = pad)."""
+        r, _, c = candidates.shape
+        safe = indices.clamp_min(0)
+        memory = torch.gather(candidates, 1, safe.unsqueeze(-1).expand(-1, -1, c))
+        memory[indices < 0] = 0
+        self.memory = memory.contiguous()
+        self.lengths = lengths.to(torch.long)
+        self.d_max = d_max.float()
+        self.enlarged = enlarged.bool()
+        self._derived.clear()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Memories are sized by the data they were built from: take the checkpoint's shapes.
+        for name in ("memory", "lengths", "d_max", "enlarged"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        self._derived.clear()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "PatchMemory":
+        self._derived.clear()  # derived tensors are rebuilt on the new device/dtype
+        return super()._apply(fn, recurse)
+
+    def valid_mask(self) -> Tensor:
+        """``[R, K_max]`` True for stored (non-padding) rows."""
+        return torch.arange(self.memory.shape[1], device=self.memory.device) < self.lengths.unsqueeze(1)
+
+    def searchable(self, neighbourhood: int = 0) -> tuple[Tensor, Tensor]:
+        """Vectors each region searches, and their squared norms (+inf on padding).
+
+        Args:
+            neighbourhood: 0 searches region ``i``'s memory only (the paper); ``r ≥ 1`` the
+                union of the memories within ``r`` regions (e.g. 1 = the 3×3 block around it).
+
+        Returns:
+            ``(vectors [R, M, C], sq_norms [R, M])`` with ``M = K_max`` or ``(2r+1)²·K_max``.
+        """
+        key = ("searchable", neighbourhood)
+        if key not in self._derived:
+            sq = (self.memory * self.memory).sum(-1)
+            sq = sq.masked_fill(~self.valid_mask(), float("inf"))
+            if neighbourhood == 0:
+                vectors, norms = self.memory, sq
+            else:
+                vectors, norms = self._gather_neighbourhood(sq, neighbourhood)
+            self._derived[key] = vectors
+            self._derived[key + ("norms",)] = norms
+        return self._derived[key], self._derived[key + ("norms",)]
+
+    def _gather_neighbourhood(self, sq: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+        r, _, c = self.memory.shape
+        table = neighbour_table(self.grid, radius, self.memory.device)  # [R, S]
+        safe = table.clamp_min(0)
+        vectors = self.memory[safe].reshape(r, -1, c)  # [R, S*K, C]
+        norms = sq[safe].masked_fill((table < 0).unsqueeze(-1), float("inf")).reshape(r, -1)
+        return vectors.contiguous(), norms.contiguous()
+
+    def sizes(self) -> list[int]:
+        return [int(v) for v in self.lengths.tolist()]
