@@ -79,7 +79,11 @@ def load_rgb(path: str | Path) -> Image.Image:
     Raises:
         DataError: the file is missing, not an image, or corrupt/truncated.
     """
-    img = _open_loaded(Path(path))
+    return to_rgb(_open_loaded(Path(path)), str(path))
+
+
+def to_rgb(img: Image.Image, source: str = "image") -> Image.Image:
+    """Any-mode PIL image → 8-bit RGB, with :func:`load_rgb`'s rules (``source`` names it in errors)."""
     if img.mode == "RGB":
         return img
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
@@ -89,7 +93,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         return img.convert("RGB")
     except ValueError as exc:  # exotic modes PIL cannot convert directly
-        raise DataError(f"Unsupported image mode {img.mode!r} in {path}") from exc
+        raise DataError(f"Unsupported image mode {img.mode!r} in {source}") from exc
 
 
 def load_mask(path: str | Path, nonzero: bool = False) -> np.ndarray:

@@ -8,7 +8,7 @@ errors are comparable between categories. With ``pixel_mean = 0`` and ``pixel_st
 
 Scoring: per-pixel error ``e = mean_c (x̂ − x)²`` ``[B, H, W]``; image score = L2
 reconstruction error (mean of ``e`` over the image, unblurred); anomaly map = ``e``
-blurred with a Gaussian (σ = 4, as FAPM's maps).
+blurred with the same Gaussian as FAPM's maps (σ = 4, :func:`fapm.models.scoring.gaussian_blur`).
 """
 
 from __future__ import annotations
@@ -17,32 +17,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fapm.lamp.autoencoder import ConvAutoencoder
+from fapm.models.scoring import gaussian_blur
 from fapm.types import AnomalyOutput
 
 
-# --- TEMPORARY: local Gaussian blur until fapm.models.scoring.gaussian_blur exists; unify then.
-def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps (radius ``⌈truncate·σ⌉``, reflect padding).
-
-    ``sigma <= 0`` returns the maps unchanged.
-    """
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(truncate * sigma + 0.5))
-    coords = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-coords.square() / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)
-    h, w = x.shape[-2:]
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
-# --- end TEMPORARY
 
 
 class LampDetector(nn.Module):

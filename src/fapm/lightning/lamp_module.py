@@ -7,6 +7,7 @@ it to the trainer. Test-time scoring, metrics and timing come from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +20,8 @@ from fapm.lamp.loss import ReconstructionLoss
 from fapm.lightning.base import AnomalyModule
 from fapm.types import AnomalyOutput
 
+log = logging.getLogger(__name__)
+
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
 
@@ -27,19 +30,6 @@ TRAIN_LOSS = "train/loss"
 TRAIN_BASE_LOSS = "train/base_loss"
 VAL_LOSS = "val/loss"
 VAL_OBJECTIVE = "val/objective"
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (from Hydra) → plain ``dict``/``list`` for JSON."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - Hydra is a dependency of the entry points only
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 class LampModule(AnomalyModule):
@@ -51,11 +41,11 @@ class LampModule(AnomalyModule):
         optimizer: ``params → Optimizer``; from Hydra a ``_partial_: true`` node such as
             ``{_target_: torch.optim.Adam, _partial_: true, lr: 1e-3}``.
         scheduler: optional ``optimizer → LR scheduler``, stepped per epoch on ``val/loss``.
+        name: the model's name for reports.
+        restore_best: when fitting ends, load the weights of the trainer's best checkpoint
+            (lowest ``val/loss``) so that testing and the saved model use them, not the
+            last epoch's.
         timing_warmup: see :class:`AnomalyModule`.
-        **settings: the flat configuration keys the parts are built from (``lamp``,
-            ``base_loss``, ``epsilon``, ``recalibration``, ``msar_scales``, ...; Hydra
-            interpolates them into ``detector`` and ``loss``). Reported by :meth:`facts`,
-            never read to build anything.
 
     Logged: ``train/loss`` (the objective), ``train/base_loss`` and ``val/loss`` (the
     un-amplified base loss per element), ``val/objective``. ``val/loss`` is the base loss,
@@ -70,11 +60,14 @@ class LampModule(AnomalyModule):
         loss: ReconstructionLoss,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        name: str = "lamp",
+        restore_best: bool = True,
         timing_warmup: int = 2,
-        **settings: Any,
     ) -> None:
         super().__init__(timing_warmup=timing_warmup)
-        self.settings = dict(settings)
+        self.name = name
+        self.restore_best = restore_best
+        self.restored_checkpoint: str | None = None
         self.detector = detector
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -137,6 +130,17 @@ class LampModule(AnomalyModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": VAL_LOSS, "interval": "epoch"}}
 
+    def on_fit_end(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        path = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not self.restore_best or not path:
+            return
+        # Our own checkpoint, written by this run: a full (non weights-only) load is safe.
+        checkpoint = torch.load(path, map_location=self.device, weights_only=False)
+        self.load_state_dict(checkpoint["state_dict"])
+        self.restored_checkpoint = str(path)
+        log.info("restored the best checkpoint %s (val/loss %s)", path, getattr(callback, "best_model_score", None))
+
     # ------------------------------------------------------------------ persistence
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lamp_history"] = {
@@ -157,8 +161,8 @@ class LampModule(AnomalyModule):
         ae = self.detector.autoencoder
         optimizer = self.optimizer_factory
         facts: dict[str, Any] = {
+            "model": self.name,
             "model_family": "lamp",
-            "settings": _plain(self.settings),
             "parameters": sum(p.numel() for p in self.detector.parameters()),
             "base_loss": self.loss.base,
             "lamp": self.loss.lamp,
@@ -181,4 +185,6 @@ class LampModule(AnomalyModule):
         }
         if self.val_losses:
             facts["best_val_loss"] = min(self.val_losses)
+        if self.restored_checkpoint is not None:
+            facts["restored_checkpoint"] = self.restored_checkpoint
         return facts

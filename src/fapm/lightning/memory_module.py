@@ -6,11 +6,13 @@ the memory is built when the epoch ends. Testing is the shared :class:`AnomalyMo
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from fapm.lightning.base import AnomalyModule
 from fapm.models.detector import BuildReport, MemoryDetector
@@ -50,7 +52,7 @@ class MemoryBankModule(AnomalyModule):
         self.detector.collect(batch["image"])
 
     def on_train_epoch_end(self) -> None:
-        report = self.detector.build()
+        report = self.detector.build(progress=self._coreset_progress())
         self.build_report = report
         stats = report.as_dict()
         self.log_dict({k: float(v) for k, v in stats.items()}, on_epoch=True)
@@ -59,6 +61,13 @@ class MemoryBankModule(AnomalyModule):
                 "memory %s: %d vectors in %d regions (%d–%d each), %d enlarged; d_max %s",
                 name, sum(sizes), len(sizes), min(sizes), max(sizes), enlarged, _describe(d_max),
             )
+
+    def _coreset_progress(self) -> Callable[..., Any] | None:
+        """A tqdm bar over the streams' coresets when the trainer shows progress bars."""
+        trainer = self._trainer
+        if trainer is None or trainer.progress_bar_callback is None:
+            return None
+        return functools.partial(tqdm, leave=False, dynamic_ncols=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Normal held-out images are scored only for thresholds (see the thresholds module)."""

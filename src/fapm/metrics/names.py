@@ -17,6 +17,10 @@ PIXEL_F1_THRESHOLD = "pixel_f1_threshold"
 IMAGE_METRICS: tuple[str, ...] = (IMAGE_AUROC, IMAGE_F1_MAX, IMAGE_F1_THRESHOLD)
 PIXEL_METRICS: tuple[str, ...] = (PIXEL_AUROC, PIXEL_AUPRO, PIXEL_F1_MAX, PIXEL_F1_THRESHOLD)
 
+# Speed over the timed test batches (images per second, median milliseconds per image).
+FPS = "fps"
+LATENCY_MS = "latency_ms"
+
 PER_DEFECT_SEPARATOR = "/"
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,30 @@ class BuildReport:
                 out[f"memory/{name}/d_max_median"] = sorted(finite)[len(finite) // 2]
                 out[f"memory/{name}/d_max_max"] = max(finite)
         return out
+
+
+def exact_distances(queries: Tensor, vectors: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Recompute the found neighbours' distances directly, ``‖q − m‖``, and re-sort them.
+
+    Searches rank by ‖q‖² + ‖m‖² − 2 q·m, whose float32 rounding is about 1e-7·‖q‖²: a
+    feature that is *in* the memory would score ~1e-2 instead of 0. The ``k`` found
+    neighbours are few, so their exact distances cost little and make both search
+    backends return identical distances for identical neighbours.
+
+    Args:
+        queries: ``[R, Q, C]``; vectors: ``[R, M, C]``; indices: ``[R, Q, k]``.
+
+    Returns:
+        ``(distances [R, Q, k] ascending, indices [R, Q, k])``.
+    """
+    r, q, k = indices.shape
+    c = vectors.shape[-1]
+    picked = torch.gather(vectors, 1, indices.reshape(r, q * k, 1).expand(-1, -1, c)).view(r, q, k, c)
+    dist = (picked - queries.unsqueeze(2)).norm(dim=-1)
+    if k > 1:
+        dist, order = dist.sort(dim=-1)
+        indices = torch.gather(indices, -1, order)
+    return dist, indices
 
 
 class MemoryDetector(nn.Module):
@@ -190,13 +214,22 @@ class MemoryDetector(nn.Module):
             store.append(split_regions(stream, self.grid))
 
     @torch.no_grad()
-    def build(self) -> BuildReport:
-        """Build every memory from the collected features; frees them as it goes."""
+    def build(self, progress: Callable[..., Iterable[int]] | None = None) -> BuildReport:
+        """Build every memory from the collected features; frees them as it goes.
+
+        Args:
+            progress: optional tqdm-like wrapper, called as ``progress(range(S), total=S,
+                desc=...)`` over the ``S`` streams (one coreset each), e.g. ``tqdm.tqdm``.
+        """
         if not self._collected or not self._collected[0]:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
         report = BuildReport(stream_names=list(self.stream_names))
-        for i, memory in enumerate(self.memories):
+        streams: Iterable[int] = range(len(self.memories))
+        if progress is not None:
+            streams = progress(streams, total=len(self.memories), desc=f"coreset ({', '.join(self.stream_names)})")
+        for i in streams:
+            memory = self.memories[i]
             start = time.perf_counter()
             parts = self._collected[i]
             candidates = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -239,9 +272,10 @@ class MemoryDetector(nn.Module):
         self._ensure_search()
         k = self.effective_k() if k is None else k
         out = []
-        for stream, search in zip(streams, self._searches):
+        for stream, search, memory in zip(streams, self._searches, self.memories):
             queries = split_regions(stream, self.grid)
-            dist, idx = search.search(queries, k)
+            _, idx = search.search(queries, k)
+            dist, idx = exact_distances(queries, memory.searchable(self.neighbourhood)[0], idx)
             out.append(StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1])))
         return out
 

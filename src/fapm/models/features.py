@@ -233,6 +233,8 @@ class FeatureExtractor(nn.Module):
         seed: int,
     ) -> tuple[nn.Module, WeightSource]:
         if weights:
+            if not Path(weights).is_file():
+                raise BackboneError(f"backbone.weights: file not found: {weights}")
             # The file's weights replace the kept layers' parameters below.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -14,10 +14,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from fapm.metrics import names
+from fapm.reporting.runs import METRICS_FILE  # the run-folder layout is owned by its reader
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
 
 

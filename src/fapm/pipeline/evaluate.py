@@ -7,9 +7,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fapm.model_file import load_state, read_model_file
+from fapm.model_file import load_module as load_model_module
 from fapm.pipeline.common import METRICS_FILE, build_trainer, output_dir, summary, write_metrics
 from fapm.pipeline.train import run_facts
 
@@ -17,14 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def load_module(path: str, overrides: DictConfig | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
-    """Rebuild the LightningModule stored in a model file; returns ``(module, config, meta)``."""
-    payload = read_model_file(path)
-    config: DictConfig = payload["config"]
-    if overrides is not None:
-        config = OmegaConf.merge(config, overrides)
-    module = hydra.utils.instantiate(config.model.module)
-    load_state(module, payload["state_dict"], path)
-    return module, config, payload["meta"]
+    """Rebuild the LightningModule stored in a model file; returns ``(module, config, meta)``.
+
+    See :func:`fapm.model_file.load_module` (format checks, backbone source, config mismatch).
+    """
+    module, payload = load_model_module(path, overrides)
+    return module, payload["config"], payload["meta"]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

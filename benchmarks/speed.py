@@ -1,0 +1,336 @@
+"""Speed benchmark: FAPM (E), ablation D and PatchCore (A) on the same data, backbone and features.
+
+One process, one backbone, one set of extracted features:
+
+* fit = feature extraction (shared, timed once per image) + memory build per variant;
+* per-image latency at batch 1, split into backbone, search, fusion + map + blur and image
+  score (median and p90 over the test images after a warm-up; data loading excluded);
+* throughput at batch 1 and at a larger batch; memory vectors and bytes;
+* peak RSS of a separate child process that fits FAPM on the largest training set;
+* optionally a sweep over the number of training images.
+
+Prints Markdown tables and writes JSON. Example (the README's numbers)::
+
+    python benchmarks/speed.py --train-images 200 --sweep 50,100,200,400 --out benchmarks/results/speed_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"fapm": "E FAPM", "ablation_d": "D patch+layer", "patchcore": "A PatchCore"}
+
+
+# ------------------------------------------------------------------------------ set-up
+def compose_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp", *overrides])
+
+
+def dataset(args: argparse.Namespace, n_train: int) -> tuple[Any, Any]:
+    """(train dataset, test dataset) of the demo category with at least ``n_train`` images."""
+    from fapm.data import MVTecDataModule
+    from fapm.data.demo import generate_demo
+
+    root = Path(args.data_root) if args.data_root else ROOT / "data" / f"speed_demo_{args.max_train}"
+    if not args.data_root:
+        generate_demo(root, categories=[args.category], n_train=args.max_train, n_test_good=30,
+                      n_test_defect_per_type=8)
+    dm = MVTecDataModule(root=str(root), category=args.category, num_workers=0)
+    dm.setup("fit")
+    return dm.train_dataset(), dm.test_dataset()
+
+
+def stack(ds: Any, n: int) -> torch.Tensor:
+    return torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return {"median": statistics.median(ordered), "p90": p90}
+
+
+# ------------------------------------------------------------------------------ measuring
+@torch.inference_mode()
+def extract_all(extractor: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int) -> tuple[dict, float]:
+    feats: dict[str, list[torch.Tensor]] = {}
+    seconds = 0.0
+    for lo in range(0, len(images), batch):
+        out, s = timed(lambda: extractor(images[lo : lo + batch].to(device)), device)
+        seconds += s
+        for k, v in out.items():
+            feats.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in feats.items()}, seconds
+
+
+@torch.inference_mode()
+def fit_variant(det: Any, feats: dict[str, torch.Tensor], n: int, batch: int = 16) -> float:
+    det.reset_fit()
+    for lo in range(0, n, batch):
+        det.add_features(det.streams({k: v[lo : min(n, lo + batch)] for k, v in feats.items()}))
+    _, seconds = timed(det.build, feats[next(iter(feats))].device)
+    return seconds
+
+
+@torch.inference_mode()
+def latency(det: Any, images: torch.Tensor, device: torch.device, warmup: int) -> dict[str, Any]:
+    stages: dict[str, list[float]] = {"backbone": [], "search": [], "map": [], "score": [], "total": []}
+    for i in range(len(images)):
+        x = images[i : i + 1].to(device)
+        layers, t_backbone = timed(lambda: det.extractor(x), device)
+        results, t_search = timed(lambda: det.nearest(det.streams(layers)), device)
+
+        def post():
+            fused = det.fuse(results, 1)
+            return fused, det.to_map(fused, tuple(x.shape[-2:]))
+
+        (fused, _), t_map = timed(post, device)
+        _, t_score = timed(lambda: det.score(fused, results), device)
+        if i >= warmup:
+            stages["backbone"].append(t_backbone)
+            stages["search"].append(t_search)
+            stages["map"].append(t_map)
+            stages["score"].append(t_score)
+            stages["total"].append(t_backbone + t_search + t_map + t_score)
+    return {k: {q: 1000 * v for q, v in quantiles(vals).items()} for k, vals in stages.items()}
+
+
+@torch.inference_mode()
+def throughput(det: Any, images: torch.Tensor, device: torch.device, batch: int, warmup: int) -> float:
+    for i in range(warmup):
+        det(images[i * batch % len(images) :][:batch].to(device))
+    chunks = [images[lo : lo + batch] for lo in range(0, len(images) - batch + 1, batch)]
+    total = 0.0
+    for chunk in chunks:
+        x = chunk.to(device)
+        _, s = timed(lambda: det(x), device)
+        total += s
+    return sum(len(c) for c in chunks) / total
+
+
+@torch.inference_mode()
+def backbone_only(extractor: torch.nn.Module, images: torch.Tensor, device: torch.device, warmup: int) -> dict:
+    times = []
+    for i in range(len(images)):
+        _, s = timed(lambda: extractor(images[i : i + 1].to(device)), device)
+        if i >= warmup:
+            times.append(s)
+    return {q: 1000 * v for q, v in quantiles(times).items()}
+
+
+def rss_child(args: argparse.Namespace, n: int) -> float:
+    """Peak RSS (MB) of a fresh process that extracts features of ``n`` images and fits FAPM."""
+    cmd = [sys.executable, __file__, "--rss-child", str(n), "--category", args.category, "--backbone", args.backbone,
+           "--max-train", str(args.max_train), "--device", args.device]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_rss_child(args: argparse.Namespace) -> None:
+    n = args.rss_child
+    device = torch.device(args.device)
+    train_ds, _ = dataset(args, n)
+    cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", "model=fapm"])
+    det = instantiate(cfg.model.module.detector).to(device)
+    with torch.inference_mode():
+        for lo in range(0, n, 16):
+            det.collect(stack_range(train_ds, lo, min(n, lo + 16)).to(device))
+        det.build()
+    print(peak_rss_mb())
+
+
+def stack_range(ds: Any, lo: int, hi: int) -> torch.Tensor:
+    return torch.stack([ds[i]["image"] for i in range(lo, hi)])
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="wide_resnet50_2", help="backbone config name (conf/backbone)")
+    parser.add_argument("--category", default="bracket")
+    parser.add_argument("--data-root", default=None, help="MVTec-layout root (default: a generated demo)")
+    parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--test-images", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="the larger batch for throughput")
+    parser.add_argument("--sweep", default="", help="comma-separated training-set sizes for the scaling table")
+    parser.add_argument("--variants", default="fapm,ablation_d,patchcore")
+    parser.add_argument("--sweep-variants", default="fapm,ablation_d")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model-overrides", default="", help="extra Hydra overrides for every variant, comma-separated")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--max-train", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+    sweep = [int(s) for s in args.sweep.split(",") if s]
+    args.max_train = args.max_train or max([args.train_images, *sweep])
+    if args.rss_child:
+        run_rss_child(args)
+        return
+
+    device = torch.device(args.device)
+    extra = [o for o in args.model_overrides.split(",") if o]
+    train_ds, test_ds = dataset(args, args.max_train)
+    n_max = min(args.max_train, len(train_ds))
+    train_images = stack(train_ds, n_max)
+    test_images = stack(test_ds, args.test_images + args.warmup)
+    base = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false"])
+    extractor = instantiate(base.backbone).to(device)
+    feats, extract_s = extract_all(extractor, train_images, device, batch=16)
+    per_image_extract = extract_s / n_max
+    report: dict[str, Any] = {
+        "machine": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+        },
+        "backbone": args.backbone, "weights": str(extractor.weight_source), "category": args.category,
+        "train_images": args.train_images, "test_images": args.test_images, "warmup": args.warmup,
+        "feature_extraction_ms_per_image": 1000 * per_image_extract,
+        "backbone_latency_ms": backbone_only(extractor, test_images, device, args.warmup),
+        "variants": {}, "sweep": {},
+    }
+
+    def measure(variant: str, n: int, full: bool) -> dict[str, Any]:
+        cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", f"model={variant}", *extra])
+        det = instantiate(cfg.model.module.detector, extractor=extractor).to(device)
+        build_s = fit_variant(det, feats, n)
+        row: dict[str, Any] = {
+            "name": VARIANTS.get(variant, variant), "train_images": n,
+            "fit_extract_s": per_image_extract * n, "fit_build_s": build_s,
+            "memory_vectors": det.memory_vectors(), "memory_mb": det.memory_bytes() / 2**20,
+            "enlarged_regions": {s: int(m.enlarged.sum()) for s, m in zip(det.stream_names, det.memories)},
+            "latency_ms": latency(det, test_images, device, args.warmup),
+        }
+        if full:
+            row["fps_batch1"] = throughput(det, test_images, device, 1, args.warmup)
+            row[f"fps_batch{args.batch}"] = throughput(det, test_images, device, args.batch, 1)
+        del det
+        return row
+
+    for variant in [v for v in args.variants.split(",") if v]:
+        print(f"[speed] {variant} with {args.train_images} training images …", file=sys.stderr, flush=True)
+        report["variants"][variant] = measure(variant, min(args.train_images, n_max), full=True)
+    for variant in [v for v in args.sweep_variants.split(",") if v and sweep]:
+        for n in sweep:
+            print(f"[speed] sweep {variant} n={n} …", file=sys.stderr, flush=True)
+            report["sweep"].setdefault(variant, {})[n] = measure(variant, min(n, n_max), full=False)
+    if not args.skip_rss:
+        report["fit_peak_rss_mb"] = {str(n_max): rss_child(args, n_max)}
+    report["process_peak_rss_mb"] = peak_rss_mb()
+    report["targets"] = targets(report, args.batch, sweep)
+    print(markdown(report, args.batch))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def targets(report: dict[str, Any], batch: int, sweep: list[int]) -> dict[str, Any]:
+    v = report["variants"]
+    out: dict[str, Any] = {}
+    backbone = report["backbone_latency_ms"]["median"]
+    if "fapm" in v:
+        ratio = v["fapm"]["latency_ms"]["total"]["median"] / backbone
+        out["fapm_latency_over_backbone"] = {"value": ratio, "target": "<= 1.15", "met": ratio <= 1.15}
+    if "fapm" in v and "patchcore" in v:
+        r = v["fapm"]["fps_batch1"] / v["patchcore"]["fps_batch1"]
+        out["fapm_fps_over_patchcore_batch1"] = {"value": r, "target": ">= 4", "met": r >= 4}
+        rb = v["fapm"][f"fps_batch{batch}"] / v["patchcore"][f"fps_batch{batch}"]
+        out[f"fapm_fps_over_patchcore_batch{batch}"] = {"value": rb, "target": "(info)", "met": None}
+        b = v["patchcore"]["fit_build_s"] / v["fapm"]["fit_build_s"]
+        out["patchcore_build_over_fapm_build"] = {"value": b, "target": ">= 10", "met": b >= 10}
+    fs = report["sweep"].get("fapm", {})
+    if len(sweep) >= 2 and sweep[0] in fs and sweep[-1] in fs:
+        g = fs[sweep[-1]]["latency_ms"]["total"]["median"] / fs[sweep[0]]["latency_ms"]["total"]["median"]
+        out[f"fapm_latency_growth_{sweep[0]}_to_{sweep[-1]}"] = {"value": g, "target": "<= 1.5", "met": g <= 1.5}
+    rss = report.get("fit_peak_rss_mb")
+    if rss:
+        n, mb = next(iter(rss.items()))
+        out[f"fapm_fit_peak_rss_mb_{n}_images"] = {"value": mb, "target": "< 4096", "met": mb < 4096}
+    return out
+
+
+def markdown(report: dict[str, Any], batch: int) -> str:
+    m = report["machine"]
+    lines = [
+        f"Device: {m['device']} · {m['cpu_count']} CPUs · torch {m['torch']} ({m['torch_threads']} threads) · "
+        f"backbone {report['backbone']} ({report['weights']}) · {report['train_images']} training images · "
+        f"{report['test_images']} timed test images (after {report['warmup']} warm-up)",
+        "",
+        f"Backbone to last layer alone: median {report['backbone_latency_ms']['median']:.1f} ms, "
+        f"p90 {report['backbone_latency_ms']['p90']:.1f} ms per image (batch 1).",
+        "",
+        "| variant | fit: extract s | fit: build s | memory vectors | memory MB | backbone ms | search ms | "
+        "fusion+map+blur ms | score ms | total ms (p90) | img/s b1 | img/s b" + str(batch) + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["variants"].values():
+        lat = row["latency_ms"]
+        lines.append(
+            f"| {row['name']} | {row['fit_extract_s']:.1f} | {row['fit_build_s']:.2f} | {row['memory_vectors']} | "
+            f"{row['memory_mb']:.1f} | {lat['backbone']['median']:.1f} | {lat['search']['median']:.2f} | "
+            f"{lat['map']['median']:.2f} | {lat['score']['median']:.2f} | {lat['total']['median']:.1f} "
+            f"({lat['total']['p90']:.1f}) | {row['fps_batch1']:.2f} | {row[f'fps_batch{batch}']:.2f} |"
+        )
+    if report["sweep"]:
+        lines += ["", "| variant | train images | fit: extract s | fit: build s | memory vectors | search ms | total ms |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for variant, rows in report["sweep"].items():
+            for n, row in rows.items():
+                lat = row["latency_ms"]
+                lines.append(
+                    f"| {row['name']} | {n} | {row['fit_extract_s']:.1f} | {row['fit_build_s']:.2f} | "
+                    f"{row['memory_vectors']} | {lat['search']['median']:.2f} | {lat['total']['median']:.1f} |"
+                )
+    if report.get("fit_peak_rss_mb"):
+        n, mb = next(iter(report["fit_peak_rss_mb"].items()))
+        lines += ["", f"Peak RSS of a process fitting FAPM on {n} images: {mb:.0f} MB."]
+    lines += ["", "| target | value | required | met |", "|---|---:|---|---|"]
+    for name, t in report["targets"].items():
+        met = "—" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {name} | {t['value']:.2f} | {t['target']} | {met} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

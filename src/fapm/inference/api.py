@@ -1,0 +1,234 @@
+"""Python API for embedding a fitted model in an inspection program (no Hydra needed).
+
+    from fapm.inference import FAPM
+
+    model = FAPM.load("model.pt", device="cuda")      # or "cpu" / "auto"
+    result = model.predict("part.png")                 # path, PIL image, array or tensor
+    result.score, result.normalised_score, result.label, result.anomaly_map, result.mask
+    results = model.predict(["a.png", "b.png"])        # a list / [B, 3, H, W] batch → a list
+
+Every input goes through the model file's own pre-processing (resize, centre crop,
+ImageNet normalisation); maps and masks come back at the input's original size. The
+region outside the centre crop is not inspected: its map is 0 and its mask False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from fapm.data.transforms import Preprocess
+from fapm.inference.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageInput, as_items, to_pil
+from fapm.inference.thresholds import Thresholds
+from fapm.model_file import load_module, save_model
+from fapm.types import AnomalyOutput
+
+
+@dataclass
+class PredictionResult:
+    """One image's prediction.
+
+    Attributes:
+        score: raw image score (model units; higher = more anomalous).
+        normalised_score: ``score`` mapped to ``[0, 1]`` with the image threshold at 0.5.
+        label: True = defective (``score >= image_threshold``).
+        anomaly_map: ``[H, W]`` float32 raw pixel scores at the original image size.
+        normalised_map: ``[H, W]`` float32 in ``[0, 1]``, pixel threshold at 0.5.
+        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold``.
+        path: the image file, when the input was a path.
+    """
+
+    score: float
+    normalised_score: float
+    label: bool
+    anomaly_map: np.ndarray
+    normalised_map: np.ndarray
+    mask: np.ndarray
+    path: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the original image."""
+        return self.anomaly_map.shape[1], self.anomaly_map.shape[0]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as torch reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_original_size(maps: Tensor, preprocess: Preprocess, size: tuple[int, int], fill: float = 0.0) -> Tensor:
+    """Maps ``[B, S, S]`` of the pre-processed input → ``[B, H, W]`` on the original image.
+
+    Undoes the centre crop (the border it removed gets ``fill``) and the square resize
+    (bilinear). ``size`` is the original ``(width, height)``.
+    """
+    side = preprocess.image_size
+    if preprocess.crop_size is not None and preprocess.crop_size != side:
+        crop = preprocess.crop_size
+        top = round((side - crop) / 2.0)
+        canvas = maps.new_full((maps.shape[0], side, side), fill)
+        canvas[:, top : top + crop, top : top + crop] = maps
+        maps = canvas
+    width, height = size
+    if tuple(maps.shape[-2:]) == (height, width):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False).squeeze(1)
+
+
+class FAPM:
+    """A fitted memory-bank model loaded from its model file, ready to score images.
+
+    Args:
+        module: the rebuilt module (``module(images) -> AnomalyOutput``).
+        payload: the model file's contents (:func:`fapm.model_file.read_model_file`).
+        device: where to score.
+        threshold: image threshold: ``auto | quantile | f1 | <number>``.
+        pixel_threshold: pixel threshold, same choices.
+        min_side: smallest accepted image side (pixels).
+        max_pixels: largest accepted image (pixels).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        payload: dict[str, Any],
+        device: str | torch.device = "cpu",
+        threshold: str | float = "auto",
+        pixel_threshold: str | float = "auto",
+        min_side: int = DEFAULT_MIN_SIDE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.payload = payload
+        self.config = payload["config"]
+        self.facts: dict[str, Any] = dict(payload.get("facts") or {})
+        self.thresholds = Thresholds.from_dict(payload.get("thresholds"))
+        self.preprocess = self._preprocess(payload)
+        self.image_threshold = self.thresholds.select("image", threshold)
+        self.pixel_threshold = self.thresholds.select("pixel", pixel_threshold)
+        self.min_side = int(min_side)
+        self.max_pixels = int(max_pixels)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        threshold: str | float = "auto",
+        pixel_threshold: str | float = "auto",
+        overrides: dict[str, Any] | None = None,
+        **limits: int,
+    ) -> FAPM:
+        """Load a model file (``torch.load(weights_only=True)``; see :mod:`fapm.model_file`).
+
+        Args:
+            path: the ``model.pt`` of a training run.
+            device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
+            threshold: image threshold ``auto | quantile | f1 | <number>`` (auto: the
+                held-out quantile when the file has one, else the F1-max one).
+            pixel_threshold: the same for the pixel mask.
+            overrides: config merged into the stored one (e.g. ``{"model": {"search": "faiss"}}``).
+            **limits: ``min_side`` / ``max_pixels`` (see :mod:`fapm.inference.images`).
+        """
+        module, payload = load_module(path, overrides)
+        return cls(module, payload, device, threshold, pixel_threshold, **limits)
+
+    @staticmethod
+    def _preprocess(payload: dict[str, Any]) -> Preprocess:
+        stored = payload.get("preprocess")
+        if stored:
+            return Preprocess.from_dict(stored)
+        data = payload["config"].get("data") or {}  # format-1 files: the data config has it
+        return Preprocess(image_size=data.get("image_size", 256), crop_size=data.get("crop_size", 224))
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def score(self, images: Tensor) -> AnomalyOutput:
+        """Raw scores of pre-processed ``images [B, 3, S, S]`` (maps ``[B, S, S]``, not resized)."""
+        return self.module(images.to(self.device))
+
+    @overload
+    def predict(self, inputs: ImageInput, batch_size: int = ...) -> PredictionResult: ...
+
+    @overload
+    def predict(self, inputs: Sequence[ImageInput], batch_size: int = ...) -> list[PredictionResult]: ...
+
+    def predict(
+        self, inputs: ImageInput | Sequence[ImageInput], batch_size: int = 8
+    ) -> PredictionResult | list[PredictionResult]:
+        """Score one image (→ a result) or a batch (list, ``[B, C, H, W]`` tensor → a list of results).
+
+        Raises:
+            InputError: an input that cannot be read or is too small / too large.
+        """
+        items, single = as_items(inputs)
+        results = list(self.predict_iter(items, batch_size))
+        return results[0] if single else results
+
+    def predict_iter(self, items: Sequence[ImageInput], batch_size: int = 8) -> Iterator[PredictionResult]:
+        """Results of ``items`` in order, scored ``batch_size`` at a time (images loaded per batch)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(items), batch_size):
+            loaded = [
+                to_pil(item, start + i, self.min_side, self.max_pixels)
+                for i, item in enumerate(items[start : start + batch_size])
+            ]
+            yield from self.predict_pil([image for image, _ in loaded], [path for _, path in loaded])
+
+    def predict_pil(self, images: Sequence[Image.Image], paths: Sequence[str | None] | None = None) -> list[PredictionResult]:
+        """Score RGB PIL images as one batch."""
+        if not images:
+            return []
+        paths = list(paths) if paths is not None else [None] * len(images)
+        batch = torch.stack([self.preprocess(image) for image in images])
+        output = self.score(batch)
+        return [
+            self._result(output.image_scores[i], output.anomaly_maps[i], image.size, paths[i])
+            for i, image in enumerate(images)
+        ]
+
+    def _result(self, score: Tensor, patch_map: Tensor, size: tuple[int, int], path: str | None) -> PredictionResult:
+        raw = to_original_size(patch_map.unsqueeze(0).float(), self.preprocess, size)[0]
+        value = float(score)
+        normalised = float(self.thresholds.normalise("image", score.float().cpu(), self.image_threshold))
+        return PredictionResult(
+            score=value,
+            normalised_score=normalised,
+            label=value >= self.image_threshold,
+            anomaly_map=raw.cpu().numpy(),
+            normalised_map=self.thresholds.normalise("pixel", raw, self.pixel_threshold).cpu().numpy(),
+            mask=(raw >= self.pixel_threshold).cpu().numpy(),
+            path=path,
+        )
+
+    # ------------------------------------------------------------------ saving, export
+    def save(self, path: str | Path, include_backbone: bool = False) -> Path:
+        """Write this model to a new model file (e.g. with the backbone included, for deployment)."""
+        p = self.payload
+        return save_model(
+            path, self.module, p["config"], meta=p.get("meta"), include_backbone=include_backbone,
+            thresholds=p.get("thresholds"), preprocess=self.preprocess.to_dict(), facts=self.facts,
+        )
+
+    def export(self, path: str | Path) -> Path:
+        """TorchScript file of the whole scoring path (see :func:`fapm.inference.export.export_torchscript`)."""
+        from fapm.inference.export import export_torchscript
+
+        return export_torchscript(self, path)
+
+    def __repr__(self) -> str:
+        facts = ", ".join(f"{k}={v}" for k, v in self.facts.items())
+        return f"FAPM({facts}, device={self.device}, image_threshold={self.image_threshold:.4g})"

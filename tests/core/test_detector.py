@@ -1,0 +1,133 @@
+"""Correctness anchors of the memory detector (FAPM, PatchCore and ablations share one code path)."""
+
+import math
+
+import hydra
+import pytest
+import torch
+
+from fapm.models.adaptive import AdaptiveCoreset
+from fapm.models.detector import MemoryDetector
+from fapm.models.features import FeatureExtractor
+from fapm.models.patch_memory import split_regions
+from fapm.models.scoring import PatchCoreWeightedScore
+from fapm.models.streams import ConcatLayers
+from tests.conftest import compose_config
+
+VARIANTS = ["patchcore", "ablation_b", "ablation_c", "ablation_d", "fapm"]
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FeatureExtractor:
+    with pytest.warns(UserWarning, match="RANDOM"):
+        return FeatureExtractor("resnet18", pretrained="false", seed=0)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 3, 112, 112, generator=g)
+    return base + 0.3 * torch.randn(8, 3, 112, 112, generator=g)
+
+
+def build(variant: str, tmp_path, overrides=()) -> MemoryDetector:
+    cfg = compose_config(
+        "train", [f"model={variant}", "backbone=resnet18", "backbone.pretrained=false", *overrides], tmp_path
+    )
+    return hydra.utils.instantiate(cfg.model.module.detector)
+
+
+def fit(det: MemoryDetector, images: torch.Tensor) -> MemoryDetector:
+    det.collect(images[:4])
+    det.collect(images[4:])
+    det.build()
+    return det
+
+
+def test_variants_differ_only_in_a_few_keys(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(compose_config("train", ["model=fapm"], tmp_path).model, resolve=True)
+    for variant in VARIANTS[:-1]:
+        other = OmegaConf.to_container(compose_config("train", [f"model={variant}"], tmp_path).model, resolve=True)
+        changed = {k for k in base if k != "module" and base[k] != other[k]} - {"name"}
+        assert 1 <= len(changed) <= 7, (variant, changed)
+
+
+def test_fapm_path_with_patchcore_settings_equals_patchcore(tmp_path, images) -> None:
+    patchcore = fit(build("patchcore", tmp_path), images)
+    fapm_as_pc = fit(
+        build(
+            "fapm",
+            tmp_path,
+            ["model.grid=[1,1]", "model.fusion=concat", "model.adaptive=false", "model.projection_dim=128",
+             "model.k=1", "model.image_score=patchcore"],
+        ),
+        images,
+    )
+    assert torch.equal(patchcore.memories[0].memory, fapm_as_pc.memories[0].memory)
+    test = images[:3] + 0.5
+    a, b = patchcore(test), fapm_as_pc(test)
+    assert torch.equal(a.image_scores, b.image_scores)
+    assert torch.equal(a.anomaly_maps, b.anomaly_maps)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_full_memory_scores_training_images_zero(tmp_path, images, variant) -> None:
+    det = fit(build(variant, tmp_path, ["model.coreset_ratio=1.0", "model.grid=[1,1]"]), images)
+    out = det(images[:3])
+    assert float(out.image_scores.abs().max()) == 0.0
+    assert float(out.anomaly_maps.abs().max()) == 0.0
+    assert float(det(images[:3] + 1.0).image_scores.min()) > 0  # and other images do not
+
+
+def test_layerwise_vs_concatenated_distances(extractor, images) -> None:
+    """The paper's 'operates identically' holds for one fixed memory item, not for neighbours searched per layer."""
+    feats = extractor(images)
+    l2, l3 = feats["layer2"], feats["layer3"]
+    l3_up = l3.repeat_interleave(2, -2).repeat_interleave(2, -1)  # layer3 repeated onto layer2's grid
+    a2, a3 = l2[:4].permute(0, 2, 3, 1).reshape(-1, l2.shape[1]), l3_up[:4].permute(0, 2, 3, 1).reshape(-1, l3.shape[1])
+    q2, q3 = l2[4:6].permute(0, 2, 3, 1).reshape(-1, l2.shape[1]), l3_up[4:6].permute(0, 2, 3, 1).reshape(-1, l3.shape[1])
+    d2, d3 = torch.cdist(q2.double(), a2.double()), torch.cdist(q3.double(), a3.double())
+    concat = torch.cdist(torch.cat([q2, q3], 1).double(), torch.cat([a2, a3], 1).double())
+    # (1) one fixed memory item: per-layer squared distances add up to the concatenated one
+    assert torch.allclose(d2**2 + d3**2, concat**2, rtol=1e-9, atol=1e-6)
+    # (2) neighbours searched separately per layer give a different quantity
+    nearest_concat = concat.min(1).values
+    sep_sq = d2.min(1).values ** 2 + d3.min(1).values ** 2
+    summed = d2.min(1).values + d3.min(1).values  # what the released code fuses
+    assert bool((sep_sq <= nearest_concat**2 + 1e-6).all())  # separate search is a lower bound
+    assert bool((summed <= math.sqrt(2) * nearest_concat + 1e-6).all())
+    assert bool((summed >= sep_sq.sqrt() - 1e-6).all())
+    assert not torch.allclose(summed, nearest_concat, rtol=1e-3)
+
+
+def test_neighbourhood_search_is_superset(tmp_path, images) -> None:
+    det = fit(build("fapm", tmp_path, ["model.adaptive=false"]), images)
+    test = images[:2] + 0.4
+    plain = det.nearest(det.extract(test))
+    det.neighbourhood = 1
+    wider = det.nearest(det.extract(test))
+    for p, w in zip(plain, wider):
+        assert bool((w.distances <= p.distances + 1e-5).all())
+        assert bool((w.distances < p.distances - 1e-4).any())
+
+
+def test_patchcore_support_distances_match_direct(extractor, images) -> None:
+    det = MemoryDetector(
+        extractor, ConcatLayers(), grid=(1, 1), coreset=AdaptiveCoreset(ratio=0.3, adaptive=False), k=1,
+        image_score=PatchCoreWeightedScore(num_neighbors=5),
+    )
+    fit(det, images)
+    test = images[:2] + 0.5
+    out = det(test)
+    memory = det.memories[0].memory[0]
+    feats = split_regions(det.extract(test)[0], (1, 1))[0].view(2, -1, memory.shape[1])
+    for b in range(2):
+        d = torch.cdist(feats[b].double(), memory.double())
+        nearest, item = d.min(1)
+        pos = int(nearest.argmax())
+        support = torch.cdist(memory[item[pos]].double().unsqueeze(0), memory.double())[0].topk(5, largest=False).indices
+        dist = (memory[support].double() - feats[b, pos].double()).norm(dim=1)
+        expected = (1 - torch.softmax(dist, 0)[0]) * nearest[pos]
+        assert float(out.image_scores[b]) == pytest.approx(float(expected), rel=1e-4)
