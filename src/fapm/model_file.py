@@ -14,8 +14,8 @@ back with ``torch.load(weights_only=True)`` — no code is ever unpickled::
 Backbone weights are not stored by default: they come back from their recorded source
 (``facts["weights"]``): the ImageNet weights of the library (cache or download; never a
 silent fall-back to random), a local file whose sha256 must match, or the seeded random
-init. ``include_backbone=True`` stores them too (about 10 MB for ResNet-18 up to layer3,
-270 MB for WRN-50-2), so the file scores on machines without that source.
+init. ``include_backbone=True`` stores them too (11 MB for ResNet-18 up to layer3, 100 MB
+for WRN-50-2), so the file scores on machines without that source.
 
 :func:`read_model_file` rejects missing, truncated, corrupt (checksum) and non-model
 files and files of a newer format; :func:`load_module` also rejects a config that asks
@@ -238,6 +238,28 @@ def _source_overrides(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {}  # "file": the recorded path, checked by hash below
 
 
+def _backbone_nodes(config: DictConfig) -> list[DictConfig]:
+    """``config.backbone`` and its resolved copies inside ``config.model`` (same ``_target_``)."""
+    target = OmegaConf.select(config, "backbone._target_", default=None)
+    if target is None:
+        return []
+    found: list[DictConfig] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, DictConfig):
+            if node.get("_target_") == target and "pretrained" in node:
+                found.append(node)
+            for key in node:
+                if not OmegaConf.is_missing(node, key):
+                    walk(node[key])
+        elif OmegaConf.is_list(node):
+            for item in node:
+                walk(item)
+
+    walk(config)
+    return found
+
+
 def _sha(weights: str) -> str | None:
     found = re.search(r"sha256=([0-9a-f]+)", weights)
     return found.group(1) if found else None
@@ -247,9 +269,13 @@ def _check_source(module: Any, payload: Mapping[str, Any], path: str | Path) -> 
     recorded = payload.get("facts", {}).get("weights")
     if recorded is None or payload.get("backbone_included"):
         return
-    rebuilt = module_facts(module).get("weights")
-    same_kind = str(rebuilt).split(":", 1)[0] == str(recorded).split(":", 1)[0]
-    if not same_kind or _sha(str(rebuilt)) != _sha(str(recorded)):
+    rebuilt = str(module_facts(module).get("weights"))
+    kind = str(recorded).split(":", 1)[0]
+    if kind == "file":  # the file may live elsewhere on this machine: its hash must match, not its path
+        same = rebuilt.split(":", 1)[0] == kind and _sha(rebuilt) == _sha(str(recorded))
+    else:  # imagenet:<library>:<name>:<tag> or random:<library> init, seed <n>
+        same = rebuilt == str(recorded)
+    if not same:
         raise ModelFileError(
             f"{path}: the memory was built with backbone weights {recorded} but they rebuilt as {rebuilt}: "
             "the scores would be meaningless. Provide the same weights, or save the model with "
@@ -284,7 +310,8 @@ def load_module(
 
     Args:
         path: the model file.
-        overrides: config merged into the stored one (e.g. ``{"model": {"search": "faiss"}}``);
+        overrides: config merged into the stored one. The stored config is resolved, so
+            override what is built, e.g. ``{"model": {"module": {"detector": {"k": 1}}}}``;
             asking for another backbone, layers or grid than the file's is an error.
 
     Returns:
@@ -300,8 +327,8 @@ def load_module(
         check_config(facts, overrides, path)
         config = OmegaConf.merge(config, overrides)
     build = config.copy()
-    if OmegaConf.select(build, "backbone.pretrained", default=None) is not None:
-        build.backbone.merge_with(_source_overrides(payload))
+    for node in _backbone_nodes(build):
+        node.merge_with(_source_overrides(payload))
     try:
         module = hydra.utils.instantiate(build.model.module)
     except Exception as err:  # noqa: BLE001 - reported with the file and the recorded source
@@ -310,6 +337,13 @@ def load_module(
             f"{path}: cannot rebuild the model from its config (backbone weights {facts.get('weights', '?')}): "
             f"{cause}"
         ) from err
+    built = module_facts(module)
+    for fact in CONFIG_KEYS:
+        if fact in facts and fact in built and _listify(built[fact]) != _listify(facts[fact]):
+            raise ModelFileError(
+                f"the config builds a model with {fact} {built[fact]} but the model file {path} was built with "
+                f"{facts[fact]}: use a model trained with that setting, or drop the override"
+            )
     load_state(module, payload["state_dict"], path, bool(payload["backbone_included"]))
     _check_source(module, payload, path)
     module.eval()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fapm.metrics import names
+from fapm.pipeline.evaluate import evaluate
 from fapm.pipeline.train import train
 from tests.conftest import compose_config, make_obvious_category
 
@@ -67,6 +68,14 @@ def test_train_end_to_end_and_loss_goes_down(lamp_run) -> None:
     assert written["model"] == "lamp" and written["lamp"] is True and written["base_loss"] == "l2"
     assert (out / "model.pt").is_file()
     assert any((out / "checkpoints").glob("*.ckpt"))
+
+
+def test_saved_model_reproduces_test_metrics(lamp_run, tmp_path: Path) -> None:
+    _, metrics, out = lamp_run
+    cfg = compose_config("eval", [f"ckpt_path={out / 'model.pt'}", "callbacks=none", "trainer.accelerator=cpu"], tmp_path)
+    again = evaluate(cfg)
+    for key in (names.IMAGE_AUROC, names.PIXEL_AUROC, names.PIXEL_AUPRO):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-9), key
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,8 @@ class FAPM:
             threshold: image threshold ``auto | quantile | f1 | <number>`` (auto: the
                 held-out quantile when the file has one, else the F1-max one).
             pixel_threshold: the same for the pixel mask.
-            overrides: config merged into the stored one (e.g. ``{"model": {"search": "faiss"}}``).
+            overrides: config merged into the stored (resolved) one, e.g.
+                ``{"model": {"module": {"detector": {"search": {"backend": "faiss"}}}}}``.
             **limits: ``min_side`` / ``max_pixels`` (see :mod:`fapm.inference.images`).
         """
         module, payload = load_module(path, overrides)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
-
 import numpy as np
 import torch
 from PIL import Image
@@ -25,7 +23,7 @@ from torch import Tensor
 from fapm.data.errors import DataError
 from fapm.data.image_io import load_rgb, read_size, to_rgb
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 #: Smallest accepted side in pixels.
 DEFAULT_MIN_SIDE = 16

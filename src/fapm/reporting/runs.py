@@ -166,7 +166,7 @@ def read_run(path: str | Path) -> RunRecord:
         path,
         facts,
         STATUS_FAILED,
-        f"no {METRICS_FILE}: the job crashed, was killed or is still running (see its log in {path})",
+        f"no {METRICS_FILE}: the job crashed, was killed or is still running (see the log in its folder)",
     )
 
 

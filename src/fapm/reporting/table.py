@@ -165,26 +165,29 @@ def model_table(runs: Sequence[RunRecord]) -> Table:
 
 
 def defect_table(runs: Sequence[RunRecord]) -> Table | None:
-    """Image AUROC per defect type: one row per successful run, one column per defect type."""
-    ok = [r for r in runs if r.ok]
-    types: list[str] = []
-    for run in ok:
-        for key in run.metrics:
+    """Image AUROC per defect type: one row per (successful run, defect type); None if no run has any."""
+    columns = [
+        Column("category", "category", "text"),
+        Column("model", "model", "text"),
+        Column("defect_type", "defect type", "text"),
+        Column(names.IMAGE_AUROC, "image AUROC (%)", "percent"),
+    ]
+    table = Table("Image AUROC per defect type", columns)
+    for run in sorted((r for r in runs if r.ok), key=lambda r: model_sort_key(r.model)):
+        per_type: dict[str, Any] = {}
+        for key in sorted(run.metrics):
             metric, defect_type = names.split_per_defect(key)
             if metric == names.IMAGE_AUROC and defect_type is not None:
-                types.append(defect_type)
-    types = sorted(set(types))
-    if not types:
+                per_type[defect_type] = run.metrics[key]
+        if per_type:
+            per_type["(all)"] = run.metrics.get(names.IMAGE_AUROC)
+        for defect_type, value in per_type.items():
+            table.rows.append(
+                {"category": run.category, "model": run.model, "defect_type": defect_type, names.IMAGE_AUROC: value}
+            )
+    if not table.rows:
         return None
-    columns = [Column("category", "category", "text"), Column("model", "model", "text")]
-    columns += [Column(names.IMAGE_AUROC, "all (%)", "percent")]
-    columns += [Column(names.per_defect(names.IMAGE_AUROC, t), f"{t} (%)", "percent") for t in types]
-    table = Table("Image AUROC per defect type", columns)
-    for run in sorted(ok, key=lambda r: model_sort_key(r.model)):
-        row = {"category": run.category, "model": run.model}
-        row.update({c.key: run.metrics.get(c.key) for c in columns[2:]})
-        table.rows.append(row)
-    table.notes = ["Each defect type is scored against all normal test images; empty cells: type absent."]
+    table.notes = ["Each defect type's images against all normal test images; (all): every test image."]
     return table
 
 
