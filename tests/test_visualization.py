@@ -32,8 +32,8 @@ def test_sample_figure_panels_and_threshold(tmp_path: Path) -> None:
     assert len(panels) == 4  # input, ground truth, overlay, predicted (colorbar axes hold no image)
     assert [ax.get_title() for ax in panels][:3] == ["input", "ground truth", "anomaly map"]
     assert "2.5" in panels[3].get_title()
-    assert "crack / 001" in fig._suptitle.get_text() and "3.25" in fig._suptitle.get_text()
-    assert "anomalous" in fig._suptitle.get_text()
+    assert "crack / 001" in fig.get_suptitle() and "3.25" in fig.get_suptitle()
+    assert "anomalous" in fig.get_suptitle()
     # The predicted-mask overlay marks exactly the pixels at or above the threshold.
     overlay = panels[3].get_images()[-1].get_array()
     assert np.array_equal(np.asarray(overlay)[..., 3] > 0, amap.numpy() >= 2.5)
@@ -42,7 +42,7 @@ def test_sample_figure_panels_and_threshold(tmp_path: Path) -> None:
     assert figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
 
     no_mask = sample_figure(image, None, amap, threshold=None, score=0.1, image_threshold=3.0)
-    assert "normal" in no_mask._suptitle.get_text()
+    assert "normal" in no_mask.get_suptitle()
     with pytest.raises(ValueError, match="sizes differ"):
         sample_figure(image, None, torch.zeros(h, w + 1), 1.0, 0.0)
 

@@ -153,6 +153,8 @@ class ImageVisualizer(L.Callback):
                 if path is not None:
                     saved.append(path)
                     captions.append("memory size and d_imax per region")
+        except Exception:  # figures are a by-product: never lose a finished run to them
+            log.warning("could not draw the test figures", exc_info=True)
         finally:
             self._kept = {}
         self.saved = saved
