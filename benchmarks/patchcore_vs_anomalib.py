@@ -468,8 +468,9 @@ def markdown(results: list[dict[str, Any]], seeds: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, default=REPO / "data" / "fapm_demo",
-                        help="MVTec-layout root; the demo categories are generated there when missing")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="MVTec-layout root (default: data/fapm_demo, or data/fapm_demo_<sizes> for a reduced "
+                        "demo); demo categories are (re)generated there unless they match the --n-* sizes")
     parser.add_argument("--categories", nargs="+", default=list(DEMO_CATEGORIES))
     parser.add_argument("--weights", type=Path, default=REPO / "outputs" / "wrn50_2_random_seed0.pth")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "patchcore_vs_anomalib.json")
@@ -488,6 +489,10 @@ def main(argv: list[str] | None = None) -> None:
     import anomalib  # noqa: F401 - fail early with a clear message
     import timm
 
+    if args.data_root is None:
+        sizes = (args.n_train, args.n_test_good, args.n_test_defect_per_type)
+        suffix = "" if sizes == (60, 20, 8) else "_" + "_".join(map(str, sizes))
+        args.data_root = REPO / "data" / f"fapm_demo{suffix}"
     start = time.perf_counter()
     sha = save_weights(args.weights, seed=0)
     demo = [c for c in args.categories if c in DEMO_CATEGORIES]
