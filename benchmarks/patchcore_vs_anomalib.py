@@ -22,10 +22,14 @@ It needs anomalib, which is not a project dependency. Install it in a separate e
 (it pins its own versions), e.g.::
 
     python3 -m venv /work/anomalib-venv
-    /work/anomalib-venv/bin/pip install torch torchvision   # the same builds as the project's
-    /work/anomalib-venv/bin/pip install -e '.[compare]' hydra-core faiss-cpu
+    /work/anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1  # the project's builds
+    /work/anomalib-venv/bin/pip install -e '.[compare]' 'hydra-core>=1.3.2,<1.4' 'omegaconf>=2.3,<2.4' \
+        'faiss-cpu>=1.8,<1.16'
 
-Usage (from the repository root; writes the demo data into ``data/fapm_demo`` when missing)::
+(see ``docs/patchcore_faithfulness.md`` for the results and the list of differences).
+
+Usage (from the repository root; writes the demo data into ``data/fapm_demo`` when missing,
+and the weights file and JSON into ``outputs/``)::
 
     /work/anomalib-venv/bin/python benchmarks/patchcore_vs_anomalib.py \
         --out outputs/patchcore_vs_anomalib.json [--data-root DIR] [--categories bracket weave] \
@@ -106,12 +110,13 @@ def batches(x: Tensor, size: int):
 
 
 # ----------------------------------------------------------------------------- our PatchCore
-def build_ours(weights: Path, seed: int) -> tuple[Any, Any]:
+def build_ours(weights: Path, seed: int, extra: list[str] | None = None) -> tuple[Any, Any]:
     """``MemoryDetector`` exactly as ``python train.py model=patchcore`` builds it."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     overrides = ["model=patchcore", f"backbone.weights={weights}", "backbone.pretrained=false", f"seed={seed}"]
+    overrides += extra or []
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     detector = instantiate(cfg.model.module.detector)
@@ -348,7 +353,10 @@ def run_category(root: Path, category: str, weights: Path, args: argparse.Namesp
     our_bank = ours_bank(detector)
     print(f"[{category}] ours fitted in {ours.fit_seconds:.1f}s, bank {ours.bank_size}", flush=True)
 
-    model, weight_check = build_anomalib(weights, detector.extractor.body.state_dict())
+    # Our extractor folds each frozen BN into its conv by default (backbone.fold_batchnorm);
+    # the tensor-by-tensor weight check uses an unfolded twin built from the same config.
+    unfolded, _ = build_ours(weights, args.seeds[0], ["backbone.fold_batchnorm=false"])
+    model, weight_check = build_anomalib(weights, unfolded.extractor.body.state_dict())
     fit_a, a_train_flat = anomalib_fit(model, None, train.images, args.batch, args.seeds[0])
     a_scores, a_patch, a_maps, a_test_emb = anomalib_test(model, test.images, args.batch)
     a_bank = model.memory_bank.clone()
@@ -357,10 +365,15 @@ def run_category(root: Path, category: str, weights: Path, args: argparse.Namesp
     # -- localisation of differences
     our_test = torch.cat(test_emb)
     their_test = torch.cat(a_test_emb)
+    with torch.no_grad():
+        unfolded_test = torch.cat([unfolded.extract(x)[0] for x in batches(test.images, args.batch)])
+    del unfolded
     diag: dict[str, Any] = {
         "backbone_weights": weight_check,
         "embedding_shape": list(our_test.shape[1:]),
+        "fold_batchnorm": bool(getattr(detector.extractor, "fold_batchnorm", False)),
         "test_embedding_diff": rel_diff(our_test, their_test),
+        "test_embedding_diff_unfolded_bn": rel_diff(unfolded_test, their_test),
         "train_embedding_diff": rel_diff(torch.cat([model.reshape_embedding(e) for e in train_emb]), a_train_flat),
         "memory_bank": {"ours": ours.bank_size, "anomalib": int(a_bank.shape[0]), "candidates": int(
             sum(e.shape[0] for e in train_emb) * our_test.shape[-1] * our_test.shape[-2])},

@@ -120,3 +120,15 @@ def test_bad_arguments_raise() -> None:
         ReconstructionLoss(base="huber")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_over"):
         ReconstructionLoss(max_over="pixel")  # type: ignore[arg-type]
+
+
+def test_max_in_graph_scale_invariance_and_gradient_sign() -> None:
+    # Documented consequences of differentiating Eq. 2 as written (docs/lamp.md).
+    base = torch.tensor([[0.1, 0.5, 1.0, 0.3]], dtype=torch.float64)
+    torch.testing.assert_close(lamp_terms(base, 1e-3).sum(), lamp_terms(0.37 * base, 1e-3).sum())
+    through = base.clone().requires_grad_(True)
+    lamp_terms(through, 1e-3).sum().backward()
+    assert through.grad[0, 2] < 0 and (through.grad[0, [0, 1, 3]] > 0).all()
+    detached = base.clone().requires_grad_(True)
+    lamp_terms(detached, 1e-3, detach_max=True).sum().backward()
+    assert (detached.grad > 0).all() and detached.grad[0, 2] > 100  # ≈ (1 − ε) / (ε · max)
