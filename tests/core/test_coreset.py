@@ -76,6 +76,22 @@ def test_extend_equals_fresh_run() -> None:
     assert torch.allclose(extended.nearest_sq, fresh.nearest_sq[[1, 4]], atol=1e-5)
 
 
+def test_extend_rows_in_place_equals_extend_of_a_copy() -> None:
+    # Extending only some memories reads their candidates in place (chunk by chunk):
+    # the same runs as extending a copied subset, without copying all candidates.
+    x = torch.randn(7, 120, 6, generator=torch.Generator().manual_seed(5))
+    sampler = GreedyKCenter(chunk_mb=0.005)  # a chunk of ~2 regions
+    short = sampler.select(x, 12, torch.Generator().manual_seed(3))
+    rows = torch.tensor([0, 2, 3, 6])
+    in_place = sampler.extend(short, 40, rows=rows)
+    copied = sampler.extend(short.subset(rows), 40)
+    assert in_place.space is x and torch.equal(in_place.rows, rows)
+    assert torch.equal(in_place.selected, copied.selected)
+    assert torch.equal(in_place.assignment, copied.assignment)
+    with pytest.raises(ValueError, match="full run"):
+        sampler.extend(in_place, 50)
+
+
 def test_assignment_is_nearest_centre() -> None:
     x = torch.randn(2, 80, 5, generator=torch.Generator().manual_seed(9))
     state = GreedyKCenter().select(x, 9, torch.Generator().manual_seed(0))

@@ -131,3 +131,17 @@ def test_patchcore_support_distances_match_direct(extractor, images) -> None:
         dist = (memory[support].double() - feats[b, pos].double()).norm(dim=1)
         expected = (1 - torch.softmax(dist, 0)[0]) * nearest[pos]
         assert float(out.image_scores[b]) == pytest.approx(float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("expected", [8, 5, 20])  # exact, too few (surplus in pieces), too many
+def test_reserved_collection_builds_the_same_memory(tmp_path, images, expected) -> None:
+    reference = fit(build("fapm", tmp_path), images)
+    det = build("fapm", tmp_path)
+    det.reset_fit(expected_images=expected)
+    for lo in range(0, 8, 3):  # batches of 3, 3, 2
+        det.collect(images[lo : lo + 3])
+    assert det._reserved[0] is not None and det._reserved[0].shape[1] >= det._filled[0] > 0
+    det.build()
+    for a, b in zip(det.memories, reference.memories):
+        assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
+    assert det._reserved == [None, None] and det._collected == [[], []]  # nothing held after build

@@ -107,4 +107,15 @@ def test_bad_inputs_raise_clear_errors(model: FAPM, tmp_path: Path) -> None:
 def test_gpu_matches_cpu(model_path: Path, model: FAPM, demo_images: list[Path]) -> None:
     gpu = FAPM.load(model_path, device="cuda")
     a, b = model.predict(demo_images[:3]), gpu.predict(demo_images[:3])
-    assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-4, abs=1e-4)
+    # cuDNN convolutions run in TF32 by default (10-bit mantissa): ~1e-3 relative differences
+    assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=5e-3)
+    graphed = FAPM.load(model_path, device="cuda", cuda_graph=True)
+    for batch in (demo_images[:3], demo_images[1:4], demo_images[:1]):
+        eager, replayed = gpu.predict(batch), graphed.predict(batch)
+        assert [r.score for r in replayed] == pytest.approx([r.score for r in eager], rel=1e-5)
+        assert np.allclose(replayed[0].anomaly_map, eager[0].anomaly_map, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_graph_needs_a_cuda_device(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        FAPM.load(model_path, device="cpu", cuda_graph=True)

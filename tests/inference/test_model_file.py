@@ -151,10 +151,10 @@ def test_harmless_override_is_applied(model_path: Path) -> None:
 
 
 def test_backbone_weights_file_must_match_its_hash(model_path: Path, tmp_path: Path) -> None:
-    from fapm.models.features import FeatureExtractor
+    import torchvision
 
     weights = tmp_path / "r18.pt"
-    torch.save(FeatureExtractor("resnet18", pretrained=False, seed=3).body.state_dict(), weights)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     payload = read_model_file(model_path)
     config = payload["config"]
     config.backbone.weights = config.model.module.detector.extractor.weights = str(weights)

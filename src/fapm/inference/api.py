@@ -29,6 +29,7 @@ from fapm.data.transforms import Preprocess
 from fapm.inference.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageInput, as_items, to_pil
 from fapm.inference.thresholds import Thresholds
 from fapm.model_file import load_module, save_model
+from fapm.models.cuda_graph import GraphCache
 from fapm.types import AnomalyOutput
 
 
@@ -97,6 +98,9 @@ class FAPM:
         pixel_threshold: pixel threshold, same choices.
         min_side: smallest accepted image side (pixels).
         max_pixels: largest accepted image (pixels).
+        cuda_graph: on a CUDA device, replay each batch shape's scoring pass as one CUDA
+            graph (captured on first use; :mod:`fapm.models.cuda_graph`). Cuts batch-1
+            latency, which is kernel-launch bound on a GPU.
     """
 
     def __init__(
@@ -108,9 +112,13 @@ class FAPM:
         pixel_threshold: str | float = "auto",
         min_side: int = DEFAULT_MIN_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        cuda_graph: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {self.device}")
+        self._graphs = GraphCache(self.module) if cuda_graph else None
         self.payload = payload
         self.config = payload["config"]
         self.facts: dict[str, Any] = dict(payload.get("facts") or {})
@@ -129,6 +137,7 @@ class FAPM:
         threshold: str | float = "auto",
         pixel_threshold: str | float = "auto",
         overrides: dict[str, Any] | None = None,
+        cuda_graph: bool = False,
         **limits: int,
     ) -> FAPM:
         """Load a model file (``torch.load(weights_only=True)``; see :mod:`fapm.model_file`).
@@ -141,10 +150,11 @@ class FAPM:
             pixel_threshold: the same for the pixel mask.
             overrides: config merged into the stored (resolved) one, e.g.
                 ``{"model": {"module": {"detector": {"search": {"backend": "faiss"}}}}}``.
+            cuda_graph: replay the scoring pass as a CUDA graph (CUDA devices only).
             **limits: ``min_side`` / ``max_pixels`` (see :mod:`fapm.inference.images`).
         """
         module, payload = load_module(path, overrides)
-        return cls(module, payload, device, threshold, pixel_threshold, **limits)
+        return cls(module, payload, device, threshold, pixel_threshold, cuda_graph=cuda_graph, **limits)
 
     @staticmethod
     def _preprocess(payload: dict[str, Any]) -> Preprocess:
@@ -158,7 +168,11 @@ class FAPM:
     @torch.inference_mode()
     def score(self, images: Tensor) -> AnomalyOutput:
         """Raw scores of pre-processed ``images [B, 3, S, S]`` (maps ``[B, S, S]``, not resized)."""
-        return self.module(images.to(self.device))
+        images = images.to(self.device)
+        if self._graphs is None:
+            return self.module(images)
+        out = self._graphs(images)  # static graph outputs: copy them before the next replay
+        return AnomalyOutput(out.image_scores.clone(), out.anomaly_maps.clone())
 
     @overload
     def predict(self, inputs: ImageInput, batch_size: int = ...) -> PredictionResult: ...

@@ -10,7 +10,6 @@ import functools
 import logging
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -44,7 +43,21 @@ class MemoryBankModule(AnomalyModule):
         return None
 
     def on_train_epoch_start(self) -> None:
-        self.detector.reset_fit()
+        self.detector.reset_fit(expected_images=self._training_images())
+
+    def _training_images(self) -> int | None:
+        """Number of images the fit epoch will see (for one preallocated feature buffer)."""
+        loader = self.trainer.train_dataloader
+        try:
+            images = len(loader.dataset)
+            limit = self.trainer.limit_train_batches
+        except (AttributeError, TypeError):  # iterable datasets, wrapped loaders: collect in pieces
+            return None
+        if isinstance(limit, int):
+            images = min(images, limit * (loader.batch_size or 1))
+        elif limit < 1.0:
+            return None
+        return images
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if batch_idx == 0:
@@ -103,7 +116,3 @@ def _describe(values: list[float]) -> str:
     if not finite:
         return "n/a"
     return f"min {finite[0]:.3g} median {finite[len(finite) // 2]:.3g} max {finite[-1]:.3g}"
-
-
-def detector_device(module: MemoryBankModule) -> torch.device:
-    return next(module.detector.extractor.parameters()).device

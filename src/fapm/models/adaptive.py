@@ -155,7 +155,7 @@ class AdaptiveCoreset:
         indices[:, :k1] = state.selected
         if enlarged.any() and k2 > k1:
             rows = enlarged.nonzero().squeeze(1)
-            indices[rows] = self.sampler.extend(state.subset(rows), k2).selected
+            indices[rows] = self.sampler.extend(state, k2, rows=rows).selected
         return CoresetResult(indices, lengths, d_max, enlarged, spread)
 
     @staticmethod

@@ -37,12 +37,15 @@ class KCenterState:
         nearest_raw: ``[R, N]`` squared distance of every candidate to its nearest centre,
             with the centres themselves marked -1 so they are never picked twice.
         assignment: ``[R, N]`` position (0..k-1) in ``selected`` of that nearest centre.
+        rows: ``[R]`` the memories of ``space`` that these runs belong to, when they are a
+            subset (``space`` is then shared, not copied); ``None``: all of ``space``, in order.
     """
 
     space: Tensor
     selected: Tensor
     nearest_raw: Tensor
     assignment: Tensor
+    rows: Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -58,7 +61,9 @@ class KCenterState:
         return self.nearest_raw.amax(dim=1).clamp_min(0).sqrt()
 
     def subset(self, rows: Tensor) -> "KCenterState":
-        """The runs of the memories ``rows`` only."""
+        """The runs of the memories ``rows`` only (a copy of their candidates)."""
+        if self.rows is not None:
+            raise ValueError("subset of a subset run: take the rows from the full run")
         return KCenterState(self.space[rows], self.selected[rows], self.nearest_raw[rows], self.assignment[rows])
 
 
@@ -114,13 +119,19 @@ class GreedyKCenter:
         start = torch.randint(n, (r,), generator=generator).to(features.device)
         return self._run(space, k, start=start)
 
-    def extend(self, state: KCenterState, k: int) -> KCenterState:
+    def extend(self, state: KCenterState, k: int, rows: Tensor | None = None) -> KCenterState:
         """Continue ``state`` to ``k`` centres: equal to a fresh :meth:`select` to ``k`` with
-        the same seed, by the prefix property, at the cost of the new steps only."""
+        the same seed, by the prefix property, at the cost of the new steps only.
+
+        ``rows`` (indices ``[R']``) continues only those memories and returns their runs;
+        their candidates are read chunk by chunk, never copied as a whole.
+        """
         n = state.space.shape[1]
         if not state.k <= k <= n:
             raise ValueError(f"k must be in [{state.k}, {n}], got {k}")
-        return self._run(state.space, k, state=state)
+        if state.rows is not None:
+            raise ValueError("extend a full run (state.rows is None); pass the memories as rows")
+        return self._run(state.space, k, state=state, rows=rows)
 
     # ----------------------------------------------------------------- kernels
     def _run(
@@ -129,25 +140,28 @@ class GreedyKCenter:
         k: int,
         start: Tensor | None = None,
         state: KCenterState | None = None,
+        rows: Tensor | None = None,
     ) -> KCenterState:
-        r, n, _ = space.shape
+        """Greedy steps for the memories ``rows`` (default all) of ``space [R, N, D]``."""
+        n = space.shape[1]
+        count = space.shape[0] if rows is None else len(rows)
         chunk = _default_chunk(space, self.chunk_mb)
-        selected = torch.empty(r, k, dtype=torch.long, device=space.device)
-        nearest = torch.empty(r, n, dtype=space.dtype, device=space.device)
-        assignment = torch.empty(r, n, dtype=torch.long, device=space.device)
-        for lo in range(0, r, chunk):
-            hi = min(r, lo + chunk)
-            rows = slice(lo, hi)
+        selected = torch.empty(count, k, dtype=torch.long, device=space.device)
+        nearest = torch.empty(count, n, dtype=space.dtype, device=space.device)
+        assignment = torch.empty(count, n, dtype=torch.long, device=space.device)
+        for lo in range(0, count, chunk):
+            out = slice(lo, min(count, lo + chunk))
+            src = out if rows is None else rows[out]  # a view, or a copy of this chunk only
             if state is None:
                 assert start is not None
-                self._chunk(space[rows], k, selected[rows], nearest[rows], assignment[rows], start=start[rows])
+                self._chunk(space[src], k, selected[out], nearest[out], assignment[out], start=start[src])
             else:
                 done = state.k
-                selected[rows, :done] = state.selected[rows]
-                nearest[rows] = state.nearest_raw[rows]
-                assignment[rows] = state.assignment[rows]
-                self._chunk(space[rows], k, selected[rows], nearest[rows], assignment[rows], done=done)
-        return KCenterState(space, selected, nearest, assignment)
+                selected[out, :done] = state.selected[src]
+                nearest[out] = state.nearest_raw[src]
+                assignment[out] = state.assignment[src]
+                self._chunk(space[src], k, selected[out], nearest[out], assignment[out], done=done)
+        return KCenterState(space, selected, nearest, assignment, rows)
 
     @staticmethod
     def _chunk(

@@ -101,13 +101,32 @@ def exact_distances(queries: Tensor, vectors: Tensor, indices: Tensor) -> tuple[
         ``(distances [R, Q, k] ascending, indices [R, Q, k])``.
     """
     r, q, k = indices.shape
-    c = vectors.shape[-1]
-    picked = torch.gather(vectors, 1, indices.reshape(r, q * k, 1).expand(-1, -1, c)).view(r, q, k, c)
+    m, c = vectors.shape[-2:]
+    # one flat row lookup (a gather with an index expanded over C is several times slower)
+    rows = (indices + torch.arange(r, device=indices.device).view(r, 1, 1) * m).reshape(-1)
+    picked = vectors.reshape(r * m, c).index_select(0, rows).view(r, q, k, c)
     dist = (picked - queries.unsqueeze(2)).norm(dim=-1)
     if k > 1:
         dist, order = dist.sort(dim=-1)
         indices = torch.gather(indices, -1, order)
     return dist, indices
+
+
+def _concat_releasing(parts: list[Tensor]) -> Tensor:
+    """``torch.cat(parts, dim=1)`` of ``[R, n_i, C]`` parts that frees each part once copied,
+    so the peak is the result plus one part, not twice the training features."""
+    if len(parts) == 1:
+        return parts.pop()
+    r, _, c = parts[0].shape
+    out = parts[0].new_empty(r, sum(p.shape[1] for p in parts), c)
+    offset = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[:, offset : offset + part.shape[1]] = part
+        offset += part.shape[1]
+        del part
+    return out
 
 
 class MemoryDetector(nn.Module):
@@ -168,8 +187,12 @@ class MemoryDetector(nn.Module):
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
         self._collected: list[list[Tensor]] = [[] for _ in range(n_streams)]
+        self._reserved: list[Tensor | None] = [None] * n_streams
+        self._filled = [0] * n_streams
+        self._expected: int | None = None
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
+        self._k_eff = 0
         self.last_build: BuildReport | None = None
 
     # ------------------------------------------------------------------ state
@@ -198,20 +221,52 @@ class MemoryDetector(nn.Module):
         for name, s in zip(self.stream_names, streams):
             check_grid(s.shape[-2], s.shape[-1], self.grid, what=f"feature map of stream {name!r}")
 
-    def reset_fit(self) -> None:
-        """Forget collected features (start of a fit epoch)."""
+    def reset_fit(self, expected_images: int | None = None) -> None:
+        """Forget collected features (start of a fit epoch).
+
+        ``expected_images``: how many training images will be collected, when known. The
+        features are then written straight into one buffer per stream, allocated at the
+        first batch: no per-batch pieces and no concatenation, so the fit holds the
+        training features once (about half the peak memory). More images than expected
+        still work (the surplus is kept in pieces and concatenated at :meth:`build`).
+        """
         self._collected = [[] for _ in self.memories]
+        self._reserved = [None for _ in self.memories]
+        self._filled = [0 for _ in self.memories]
+        self._expected = expected_images if expected_images and expected_images > 0 else None
 
     @torch.no_grad()
     def collect(self, images: Tensor) -> None:
         """Extract features of normal ``images [B, 3, H, W]`` and keep them for :meth:`build`."""
-        for store, stream in zip(self._collected, self.streams(self.extractor(images))):
-            store.append(split_regions(stream, self.grid))
+        self.add_features(self.streams(self.extractor(images)))
 
     def add_features(self, streams: Sequence[Tensor]) -> None:
-        """Keep already-extracted stream features ``[B, C_s, H_s, W_s]`` (shared-feature runs)."""
-        for store, stream in zip(self._collected, streams):
-            store.append(split_regions(stream, self.grid))
+        """Keep stream features ``[B, C_s, H_s, W_s]`` for :meth:`build`."""
+        for i, stream in enumerate(streams):
+            regions = split_regions(stream, self.grid)  # [R, B·n_r, C]
+            count = regions.shape[1]
+            if self._expected is not None and self._reserved[i] is None and not self._collected[i]:
+                per_image = count // stream.shape[0]
+                r, _, c = regions.shape
+                self._reserved[i] = regions.new_empty(r, self._expected * per_image, c)
+            buffer = self._reserved[i]
+            # once a batch overflowed, later ones follow it, so the training order is kept
+            if buffer is not None and not self._collected[i] and self._filled[i] + count <= buffer.shape[1]:
+                buffer[:, self._filled[i] : self._filled[i] + count] = regions
+                self._filled[i] += count
+            else:
+                self._collected[i].append(regions)
+
+    def _take_collected(self, i: int) -> Tensor:
+        """Stream ``i``'s collected candidates ``[R, N, C]``; the detector lets go of them."""
+        parts = self._collected[i]
+        buffer, filled = self._reserved[i], self._filled[i]
+        self._collected[i], self._reserved[i], self._filled[i] = [], None, 0
+        if buffer is not None:
+            if filled < buffer.shape[1]:
+                buffer = buffer[:, :filled].contiguous()
+            parts.insert(0, buffer)
+        return _concat_releasing(parts)
 
     @torch.no_grad()
     def build(self, progress: Callable[..., Iterable[int]] | None = None) -> BuildReport:
@@ -221,7 +276,7 @@ class MemoryDetector(nn.Module):
             progress: optional tqdm-like wrapper, called as ``progress(range(S), total=S,
                 desc=...)`` over the ``S`` streams (one coreset each), e.g. ``tqdm.tqdm``.
         """
-        if not self._collected or not self._collected[0]:
+        if not self._collected[0] and not self._filled[0]:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
         report = BuildReport(stream_names=list(self.stream_names))
@@ -231,10 +286,7 @@ class MemoryDetector(nn.Module):
         for i in streams:
             memory = self.memories[i]
             start = time.perf_counter()
-            parts = self._collected[i]
-            candidates = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-            self._collected[i] = []
-            del parts
+            candidates = self._take_collected(i)
             report.candidates.append(candidates.shape[1])
             result = self.coreset(candidates, generator)
             memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
@@ -253,7 +305,7 @@ class MemoryDetector(nn.Module):
     def _ensure_search(self) -> None:
         if not self.fitted:
             raise NotFittedError("the memory is empty: fit the detector or load a model file first")
-        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.neighbourhood,)
+        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.neighbourhood, self.k)
         if key == self._search_key:
             return
         self._searches = []
@@ -261,6 +313,8 @@ class MemoryDetector(nn.Module):
             search = self.search_factory()
             search.fit(*memory.searchable(self.neighbourhood))
             self._searches.append(search)
+        # read once here: a host read per call would synchronise a GPU on every batch
+        self._k_eff = self.effective_k()
         self._search_key = key
 
     def extract(self, images: Tensor) -> list[Tensor]:
@@ -270,7 +324,7 @@ class MemoryDetector(nn.Module):
     def nearest(self, streams: Sequence[Tensor], k: int | None = None) -> list[StreamSearch]:
         """Per-region k-NN of every stream's vectors in its region's memory."""
         self._ensure_search()
-        k = self.effective_k() if k is None else k
+        k = self._k_eff if k is None else k
         out = []
         for stream, search, memory in zip(streams, self._searches, self.memories):
             queries = split_regions(stream, self.grid)

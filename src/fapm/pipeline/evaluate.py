@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from fapm.model_file import load_module as load_model_module
 from fapm.pipeline.common import METRICS_FILE, build_trainer, output_dir, summary, write_metrics
-from fapm.pipeline.train import run_facts
 
 log = logging.getLogger(__name__)
 
