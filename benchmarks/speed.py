@@ -107,25 +107,28 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, watch.stamp().intervals()[0]
 
 
-def cpu_name() -> str:
+def proc_field(path: str, key: str) -> str | None:
+    """Value of the first ``key: value`` line of a Linux /proc file (None elsewhere)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "CPU " + line.split(":", 1)[1].strip()
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "CPU"
+    return None
+
+
+def cpu_name() -> str:
+    name = proc_field("/proc/cpuinfo", "model name")
+    return f"CPU {name}" if name else platform.processor() or "CPU"
 
 
 def peak_rss_mb() -> float:
     """Peak RSS of this process image. ``VmHWM`` where Linux has it: ``ru_maxrss`` of a
     child started by fork/vfork + exec also counts the parent's pages from before the exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    hwm = proc_field("/proc/self/status", "VmHWM")  # "123456 kB"
+    if hwm:
+        return int(hwm.split()[0]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -214,27 +217,19 @@ def graphed(det: Any, images: torch.Tensor, device: torch.device, batch: int, wa
         run(images[:batch].to(device))
     except Exception as err:  # e.g. PatchCore's support-set score uses Python indices
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
-    watch = Stopwatch(device)
-    times = []
-    for i in range(len(images)):
-        x = images[i : i + 1]
-        watch.start()
-        run(x.to(device))  # end to end: the host-to-device copy of the image is included
-        t = watch.stamp().intervals()[0]
-        if i >= warmup:
-            times.append(t)
     return {
-        "latency_ms": {q: 1000 * v for q, v in quantiles(times).items()},
+        "latency_ms": per_image_ms(run, images, device, warmup),
         "fps_batch1": throughput(run, images, device, 1, warmup),
         f"fps_batch{batch}": throughput(run, images, device, batch, 1),
     }
 
 
 @torch.inference_mode()
-def backbone_only(extractor: torch.nn.Module, images: torch.Tensor, device: torch.device, warmup: int) -> dict:
+def per_image_ms(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, device: torch.device, warmup: int) -> dict:
+    """Median and p90 ms of ``fn`` on each image at batch 1, the host-to-device copy included."""
     times = []
     for i in range(len(images)):
-        _, s = timed(lambda: extractor(images[i : i + 1].to(device)), device)
+        _, s = timed(lambda: fn(images[i : i + 1].to(device)), device)
         if i >= warmup:
             times.append(s)
     return {q: 1000 * v for q, v in quantiles(times).items()}
@@ -317,7 +312,7 @@ def main() -> None:
         "backbone": args.backbone, "weights": str(extractor.weight_source), "category": args.category,
         "train_images": args.train_images, "test_images": args.test_images, "warmup": args.warmup,
         "feature_extraction_ms_per_image": 1000 * per_image_extract,
-        "backbone_latency_ms": backbone_only(extractor, test_images, device, args.warmup),
+        "backbone_latency_ms": per_image_ms(extractor, test_images, device, args.warmup),
         "variants": {}, "sweep": {},
     }
 

@@ -70,24 +70,27 @@ def test_extend_equals_fresh_run() -> None:
     x = torch.randn(6, 150, 10, generator=torch.Generator().manual_seed(4))
     sampler = GreedyKCenter(chunk_mb=0.02)
     short = sampler.select(x, 15, torch.Generator().manual_seed(1))
-    extended = sampler.extend(short.subset(torch.tensor([1, 4])), 30)
     fresh = sampler.select(x, 30, torch.Generator().manual_seed(1))
-    assert torch.equal(extended.selected, fresh.selected[[1, 4]])
-    assert torch.allclose(extended.nearest_sq, fresh.nearest_sq[[1, 4]], atol=1e-5)
+    extended = sampler.extend(short, 30)
+    assert torch.equal(extended.selected, fresh.selected)
+    assert torch.allclose(extended.nearest_sq, fresh.nearest_sq, atol=1e-5)
+    some = sampler.extend(short, 30, rows=torch.tensor([1, 4]))
+    assert torch.equal(some.selected, fresh.selected[[1, 4]])
+    assert torch.allclose(some.nearest_sq, fresh.nearest_sq[[1, 4]], atol=1e-5)
 
 
-def test_extend_rows_in_place_equals_extend_of_a_copy() -> None:
-    # Extending only some memories reads their candidates in place (chunk by chunk):
-    # the same runs as extending a copied subset, without copying all candidates.
+def test_extend_rows_reads_candidates_in_place() -> None:
+    # Extending only some memories reads their candidates in place (chunk by chunk), with
+    # the same runs as a fresh selection of those memories and no copy of all candidates.
     x = torch.randn(7, 120, 6, generator=torch.Generator().manual_seed(5))
     sampler = GreedyKCenter(chunk_mb=0.005)  # a chunk of ~2 regions
     short = sampler.select(x, 12, torch.Generator().manual_seed(3))
+    fresh = sampler.select(x, 40, torch.Generator().manual_seed(3))
     rows = torch.tensor([0, 2, 3, 6])
     in_place = sampler.extend(short, 40, rows=rows)
-    copied = sampler.extend(short.subset(rows), 40)
     assert in_place.space is x and torch.equal(in_place.rows, rows)
-    assert torch.equal(in_place.selected, copied.selected)
-    assert torch.equal(in_place.assignment, copied.assignment)
+    assert torch.equal(in_place.selected, fresh.selected[rows])
+    assert torch.equal(in_place.assignment, fresh.assignment[rows])
     with pytest.raises(ValueError, match="full run"):
         sampler.extend(in_place, 50)
 

@@ -60,12 +60,6 @@ class KCenterState:
         """``[R]`` covering radius: largest distance of any candidate to its nearest centre."""
         return self.nearest_raw.amax(dim=1).clamp_min(0).sqrt()
 
-    def subset(self, rows: Tensor) -> "KCenterState":
-        """The runs of the memories ``rows`` only (a copy of their candidates)."""
-        if self.rows is not None:
-            raise ValueError("subset of a subset run: take the rows from the full run")
-        return KCenterState(self.space[rows], self.selected[rows], self.nearest_raw[rows], self.assignment[rows])
-
 
 def num_centres(n: int, ratio: float) -> int:
     """``ceil(ratio · n)`` clamped to ``[1, n]`` (the float product is rounded first so that

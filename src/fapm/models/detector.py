@@ -186,10 +186,11 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self._collected: list[list[Tensor]] = [[] for _ in range(n_streams)]
-        self._reserved: list[Tensor | None] = [None] * n_streams
-        self._filled = [0] * n_streams
+        self._collected: list[list[Tensor]] = []
+        self._reserved: list[Tensor | None] = []
+        self._filled: list[int] = []
         self._expected: int | None = None
+        self.reset_fit()
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
