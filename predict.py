@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("FAPM_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="src/fapm/conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from fapm.pipeline.predict import predict
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("FAPM_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="src/fapm/conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from fapm.pipeline.train import train
 

@@ -20,6 +20,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from fapm.conf import CONFIG_DIR
 from typing import Any
 
 import torch
@@ -53,7 +55,7 @@ ADAPTIVE = {
 
 def compose_cfg(overrides: list[str]):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=["paths.output_dir=/tmp", "experiment=ablation", *overrides])
 
 

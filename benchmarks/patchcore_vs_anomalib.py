@@ -51,6 +51,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fapm.conf import CONFIG_DIR
 from typing import Any
 
 import numpy as np
@@ -117,7 +119,7 @@ def build_ours(weights: Path, seed: int, extra: list[str] | None = None) -> tupl
 
     overrides = ["model=patchcore", f"backbone.weights={weights}", "backbone.pretrained=false", f"seed={seed}"]
     overrides += extra or []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     detector = instantiate(cfg.model.module.detector)
     detector.eval()

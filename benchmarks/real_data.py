@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from fapm.conf import CONFIG_DIR
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "logger=csv",
         *args.overrides,
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     start = time.perf_counter()
     metrics = train(cfg)

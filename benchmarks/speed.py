@@ -29,6 +29,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from fapm.conf import CONFIG_DIR
 from typing import Any, Callable
 
 import torch
@@ -43,7 +45,7 @@ VARIANTS = {"fapm": "E FAPM", "ablation_d": "D patch+layer", "patchcore": "A Pat
 # ------------------------------------------------------------------------------ set-up
 def compose_cfg(overrides: list[str]):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=["paths.output_dir=/tmp", *overrides])
 
 

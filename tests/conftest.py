@@ -105,7 +105,7 @@ def obvious_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Hydra: compose the real configs, shrunk for tests
 # ---------------------------------------------------------------------------------------------
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from fapm.conf import CONFIG_DIR as CONF_DIR  # noqa: E402  (the packaged configs)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path):

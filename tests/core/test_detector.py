@@ -133,6 +133,35 @@ def test_patchcore_support_distances_match_direct(extractor, images) -> None:
         assert float(out.image_scores[b]) == pytest.approx(float(expected), rel=1e-4)
 
 
+def test_support_distances_per_region_match_direct(extractor, images) -> None:
+    """Multi-region, multi-stream support sets equal a direct per-image computation."""
+    det = MemoryDetector(
+        extractor, grid=(7, 7), coreset=AdaptiveCoreset(ratio=0.5, adaptive=False), k=1,
+        image_score=PatchCoreWeightedScore(num_neighbors=4), layer_weights=[1.0, 0.5],
+    )
+    fit(det, images)
+    test = images[:3] + 0.5
+    streams = det.extract(test)
+    results = det.nearest(streams)
+    fused = det.fuse(results, 3)
+    pos = fused[:, 0].flatten(1).argmax(dim=1)
+    got = det._support(results, fused, pos, 4)
+    height, width = fused.shape[-2:]
+    for b in range(3):
+        y, x = int(pos[b]) // width, int(pos[b]) % width
+        expected = torch.zeros(4, dtype=torch.float64)
+        for stream, memory, weight in zip(streams, det.memories, det.layer_weights):
+            hs, ws = stream.shape[-2:]
+            ys, xs = y * hs // height, x * ws // width
+            region = (ys // (hs // 7)) * 7 + xs // (ws // 7)
+            bank = memory.memory[region, : int(memory.lengths[region])].double()
+            query = stream[b, :, ys, xs].double()
+            item = bank[torch.cdist(query[None], bank)[0].argmin()]
+            support = torch.cdist(item[None], bank)[0].topk(4, largest=False).indices
+            expected += weight * (bank[support] - query).norm(dim=1)
+        assert torch.allclose(got[b].double(), expected, rtol=1e-4), (got[b], expected)
+
+
 @pytest.mark.parametrize("expected", [8, 5, 20])  # exact, too few (surplus in pieces), too many
 def test_reserved_collection_builds_the_same_memory(tmp_path, images, expected) -> None:
     reference = fit(build("fapm", tmp_path), images)
@@ -140,8 +169,9 @@ def test_reserved_collection_builds_the_same_memory(tmp_path, images, expected) 
     det.reset_fit(expected_images=expected)
     for lo in range(0, 8, 3):  # batches of 3, 3, 2
         det.collect(images[lo : lo + 3])
-    assert det._reserved[0] is not None and det._reserved[0].shape[1] >= det._filled[0] > 0
+    store = det.features
+    assert store._reserved[0] is not None and store._reserved[0].shape[1] >= store._filled[0] > 0
     det.build()
     for a, b in zip(det.memories, reference.memories):
         assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
-    assert det._reserved == [None, None] and det._collected == [[], []]  # nothing held after build
+    assert store._reserved == [None, None] and store._pieces == [[], []]  # nothing held after build

@@ -70,10 +70,30 @@ def test_load_exported_helper(exported) -> None:
     assert scores.shape == (2,) and maps.shape == (2, 64, 64)
 
 
+def test_patchcore_support_set_exports(model_path: Path, tmp_path: Path) -> None:
+    """PatchCore's support-set score is vectorised (no per-image Python ints), so it traces."""
+    model = FAPM.load(model_path)
+    model.module.detector.image_score = PatchCoreWeightedScore(num_neighbors=3)
+    graph, _ = load_exported(export_torchscript(model, tmp_path / "pc.pt"))
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    mean = torch.tensor(model.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.preprocess.std).view(1, 3, 1, 1)
+    eager = model.score((images - mean) / std)
+    scores, _ = graph(images)
+    torch.testing.assert_close(scores, eager.image_scores, rtol=0, atol=1e-4)
+
+
+class _HostScore:
+    """An image score decided in Python per image: tracing freezes the branch it took."""
+
+    def __call__(self, context):
+        top = context.fused[:, 0].flatten(1).amax(dim=1)
+        return torch.stack([t * 2 if float(t) > float(top.mean()) else t for t in top])
+
+
 def test_untraceable_scoring_is_refused(model_path: Path, tmp_path: Path) -> None:
     model = FAPM.load(model_path)
-    # PatchCore's support set is chosen with Python ints per image: tracing would freeze it.
-    model.module.detector.image_score = PatchCoreWeightedScore(num_neighbors=3)
-    with pytest.raises(ExportError, match="differ from the eager model"):
-        export_torchscript(model, tmp_path / "pc.pt", check_batches=())
-    assert not (tmp_path / "pc.pt").exists()
+    model.module.detector.image_score = _HostScore()
+    with pytest.raises(ExportError, match="Python control flow that tracing freezes"):
+        export_torchscript(model, tmp_path / "host.pt", check_batches=(1, 3, 4))
+    assert not (tmp_path / "host.pt").exists()

@@ -84,7 +84,14 @@ def export_metadata(model: FAPM) -> dict[str, Any]:
 
 def _check(traced: nn.Module, eager: nn.Module, inputs: Tensor, atol: float) -> None:
     with torch.inference_mode():
-        want, got = eager(inputs), traced(inputs)
+        want = eager(inputs)
+        try:
+            got = traced(inputs)
+        except RuntimeError as err:  # e.g. a Python list length frozen at the traced batch size
+            raise ExportError(
+                f"the traced graph fails at batch size {inputs.shape[0]} where the eager model runs: this "
+                f"model's scoring depends on Python control flow that tracing freezes ({str(err).splitlines()[-1]})"
+            ) from err
     for name, a, b in zip(("image scores", "anomaly maps"), want, got):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=0.0, atol=atol):
             diff = (a - b).abs().max().item() if a.shape == b.shape else f"shape {tuple(b.shape)} vs {tuple(a.shape)}"

@@ -14,7 +14,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from fapm.lightning.base import AnomalyModule
-from fapm.models.detector import BuildReport, MemoryDetector
+from fapm.models.build_report import BuildReport
+from fapm.models.detector import MemoryDetector
 from fapm.types import AnomalyOutput
 
 log = logging.getLogger(__name__)

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fapm.models.adaptive import AdaptiveCoreset
+from fapm.models.build_report import BuildReport
+from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
-from fapm.models.knn import KNNSearch, TorchKNN
+from fapm.models.knn import KNNSearch, TorchKNN, exact_distances
 from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
 from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
 from fapm.models.streams import FeatureStreams, SeparateLayers
+from fapm.models.support import StreamSearch, support_distances
 from fapm.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
@@ -38,95 +40,6 @@ log = logging.getLogger(__name__)
 
 class NotFittedError(RuntimeError):
     """The detector was asked to score before its memory was built or loaded."""
-
-
-@dataclass
-class StreamSearch:
-    """One stream's search result for a batch.
-
-    Attributes:
-        queries: ``[R, B·h·w, C]`` the test vectors, split by region.
-        distances: ``[R, B·h·w, k]`` ascending neighbour distances.
-        indices: ``[R, B·h·w, k]`` neighbour indices into the region's searchable memory.
-        size: ``(H_s, W_s)`` the stream's feature-map size.
-    """
-
-    queries: Tensor
-    distances: Tensor
-    indices: Tensor
-    size: tuple[int, int]
-
-
-@dataclass
-class BuildReport:
-    """What a memory build did, per stream (for logs, metrics and figures)."""
-
-    stream_names: list[str]
-    sizes: list[list[int]] = field(default_factory=list)
-    d_max: list[list[float]] = field(default_factory=list)
-    enlarged: list[int] = field(default_factory=list)
-    candidates: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for i, name in enumerate(self.stream_names):
-            sizes = self.sizes[i]
-            out[f"memory/{name}/vectors"] = sum(sizes)
-            out[f"memory/{name}/min_region"] = min(sizes)
-            out[f"memory/{name}/max_region"] = max(sizes)
-            out[f"memory/{name}/enlarged_regions"] = self.enlarged[i]
-            out[f"memory/{name}/candidates_per_region"] = self.candidates[i]
-            out[f"memory/{name}/build_seconds"] = self.seconds[i]
-            finite = [d for d in self.d_max[i] if d == d]
-            if finite:
-                out[f"memory/{name}/d_max_min"] = min(finite)
-                out[f"memory/{name}/d_max_median"] = sorted(finite)[len(finite) // 2]
-                out[f"memory/{name}/d_max_max"] = max(finite)
-        return out
-
-
-def exact_distances(queries: Tensor, vectors: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Recompute the found neighbours' distances directly, ``‖q − m‖``, and re-sort them.
-
-    Searches rank by ‖q‖² + ‖m‖² − 2 q·m, whose float32 rounding is about 1e-7·‖q‖²: a
-    feature that is *in* the memory would score ~1e-2 instead of 0. The ``k`` found
-    neighbours are few, so their exact distances cost little and make both search
-    backends return identical distances for identical neighbours.
-
-    Args:
-        queries: ``[R, Q, C]``; vectors: ``[R, M, C]``; indices: ``[R, Q, k]``.
-
-    Returns:
-        ``(distances [R, Q, k] ascending, indices [R, Q, k])``.
-    """
-    r, q, k = indices.shape
-    m, c = vectors.shape[-2:]
-    # one flat row lookup (a gather with an index expanded over C is several times slower)
-    rows = (indices + torch.arange(r, device=indices.device).view(r, 1, 1) * m).reshape(-1)
-    picked = vectors.reshape(r * m, c).index_select(0, rows).view(r, q, k, c)
-    dist = (picked - queries.unsqueeze(2)).norm(dim=-1)
-    if k > 1:
-        dist, order = dist.sort(dim=-1)
-        indices = torch.gather(indices, -1, order)
-    return dist, indices
-
-
-def _concat_releasing(parts: list[Tensor]) -> Tensor:
-    """``torch.cat(parts, dim=1)`` of ``[R, n_i, C]`` parts that frees each part once copied,
-    so the peak is the result plus one part, not twice the training features."""
-    if len(parts) == 1:
-        return parts.pop()
-    r, _, c = parts[0].shape
-    out = parts[0].new_empty(r, sum(p.shape[1] for p in parts), c)
-    offset = 0
-    parts.reverse()
-    while parts:
-        part = parts.pop()
-        out[:, offset : offset + part.shape[1]] = part
-        offset += part.shape[1]
-        del part
-    return out
 
 
 class MemoryDetector(nn.Module):
@@ -186,14 +99,11 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self._collected: list[list[Tensor]] = []
-        self._reserved: list[Tensor | None] = []
-        self._filled: list[int] = []
-        self._expected: int | None = None
-        self.reset_fit()
+        self.features = FeatureStore(n_streams)
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
+        self._k_max = 0
         self.last_build: BuildReport | None = None
 
     # ------------------------------------------------------------------ state
@@ -223,18 +133,12 @@ class MemoryDetector(nn.Module):
             check_grid(s.shape[-2], s.shape[-1], self.grid, what=f"feature map of stream {name!r}")
 
     def reset_fit(self, expected_images: int | None = None) -> None:
-        """Forget collected features (start of a fit epoch).
+        """Forget collected features (start of a fit epoch); see :class:`FeatureStore`.
 
-        ``expected_images``: how many training images will be collected, when known. The
-        features are then written straight into one buffer per stream, allocated at the
-        first batch: no per-batch pieces and no concatenation, so the fit holds the
-        training features once (about half the peak memory). More images than expected
-        still work (the surplus is kept in pieces and concatenated at :meth:`build`).
+        ``expected_images``: how many training images will be collected, when known (one
+        preallocated buffer per stream instead of per-batch pieces).
         """
-        self._collected = [[] for _ in self.memories]
-        self._reserved = [None for _ in self.memories]
-        self._filled = [0 for _ in self.memories]
-        self._expected = expected_images if expected_images and expected_images > 0 else None
+        self.features.reset(expected_images)
 
     @torch.no_grad()
     def collect(self, images: Tensor) -> None:
@@ -244,30 +148,7 @@ class MemoryDetector(nn.Module):
     def add_features(self, streams: Sequence[Tensor]) -> None:
         """Keep stream features ``[B, C_s, H_s, W_s]`` for :meth:`build`."""
         for i, stream in enumerate(streams):
-            regions = split_regions(stream, self.grid)  # [R, B·n_r, C]
-            count = regions.shape[1]
-            if self._expected is not None and self._reserved[i] is None and not self._collected[i]:
-                per_image = count // stream.shape[0]
-                r, _, c = regions.shape
-                self._reserved[i] = regions.new_empty(r, self._expected * per_image, c)
-            buffer = self._reserved[i]
-            # once a batch overflowed, later ones follow it, so the training order is kept
-            if buffer is not None and not self._collected[i] and self._filled[i] + count <= buffer.shape[1]:
-                buffer[:, self._filled[i] : self._filled[i] + count] = regions
-                self._filled[i] += count
-            else:
-                self._collected[i].append(regions)
-
-    def _take_collected(self, i: int) -> Tensor:
-        """Stream ``i``'s collected candidates ``[R, N, C]``; the detector lets go of them."""
-        parts = self._collected[i]
-        buffer, filled = self._reserved[i], self._filled[i]
-        self._collected[i], self._reserved[i], self._filled[i] = [], None, 0
-        if buffer is not None:
-            if filled < buffer.shape[1]:
-                buffer = buffer[:, :filled].contiguous()
-            parts.insert(0, buffer)
-        return _concat_releasing(parts)
+            self.features.add(i, split_regions(stream, self.grid), images=stream.shape[0])
 
     @torch.no_grad()
     def build(self, progress: Callable[..., Iterable[int]] | None = None) -> BuildReport:
@@ -277,7 +158,7 @@ class MemoryDetector(nn.Module):
             progress: optional tqdm-like wrapper, called as ``progress(range(S), total=S,
                 desc=...)`` over the ``S`` streams (one coreset each), e.g. ``tqdm.tqdm``.
         """
-        if not self._collected[0] and not self._filled[0]:
+        if self.features.empty:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
         report = BuildReport(stream_names=list(self.stream_names))
@@ -287,7 +168,7 @@ class MemoryDetector(nn.Module):
         for i in streams:
             memory = self.memories[i]
             start = time.perf_counter()
-            candidates = self._take_collected(i)
+            candidates = self.features.take(i)
             report.candidates.append(candidates.shape[1])
             result = self.coreset(candidates, generator)
             memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
@@ -316,6 +197,7 @@ class MemoryDetector(nn.Module):
             self._searches.append(search)
         # read once here: a host read per call would synchronise a GPU on every batch
         self._k_eff = self.effective_k()
+        self._k_max = min(int(m.lengths.min()) for m in self.memories)
         self._search_key = key
 
     def extract(self, images: Tensor) -> list[Tensor]:
@@ -345,40 +227,18 @@ class MemoryDetector(nn.Module):
 
     def score(self, fused: Tensor, results: Sequence[StreamSearch]) -> Tensor:
         """Image scores ``[B]`` from the fused distances (and the search results, for PatchCore)."""
-        return self.image_score(ScoreContext(fused, lambda pos, n: self._support_distances(results, fused, pos, n)))
+        return self.image_score(ScoreContext(fused, lambda pos, n: self._support(results, fused, pos, n)))
+
+    def _support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
+        """PatchCore's support-set distances ``[B, n]`` at ``pos`` (see :mod:`fapm.models.support`)."""
+        searchables = [m.searchable(self.neighbourhood) for m in self.memories]
+        n = min(n, self._k_max)
+        return support_distances(
+            results, searchables, self.layer_weights, self.grid, tuple(fused.shape[-2:]), pos, n
+        )
 
     def forward(self, images: Tensor) -> AnomalyOutput:
         """Score ``images [B, 3, H, W]`` → image scores ``[B]`` and maps ``[B, H, W]``."""
         results = self.nearest(self.extract(images))
         fused = self.fuse(results, images.shape[0])
         return AnomalyOutput(self.score(fused, results), self.to_map(fused, tuple(images.shape[-2:])))
-
-    # ----------------------------------------------------------- PatchCore's support set
-    def _support_distances(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
-        """Fused distances ``[B, n]`` from the feature at ``pos`` to the support set of its nearest item."""
-        batch = fused.shape[0]
-        height, width = fused.shape[-2:]
-        y, x = pos // width, pos % width
-        total: Tensor | None = None
-        gh, gw = self.grid
-        n = min(n, min(int(m.lengths.min()) for m in self.memories))
-        for result, memory, weight in zip(results, self.memories, self.layer_weights):
-            hs, ws = result.size
-            h, w = hs // gh, ws // gw
-            ys, xs = y * hs // height, x * ws // width
-            region = (ys // h) * gw + xs // w
-            offset = torch.arange(batch, device=pos.device) * (h * w) + (ys % h) * w + xs % w
-            vectors, norms = memory.searchable(self.neighbourhood)
-            rows = []
-            for b in range(batch):
-                r, o = int(region[b]), int(offset[b])
-                query = result.queries[r, o]
-                item = vectors[r, result.indices[r, o, 0]]
-                item_sq = torch.addmv(norms[r], vectors[r], item, alpha=-2) + item.dot(item)
-                support = torch.topk(item_sq, n, largest=False).indices
-                diff = vectors[r, support] - query
-                rows.append(diff.norm(dim=1))
-            d = torch.stack(rows) * weight
-            total = d if total is None else total + d
-        assert total is not None
-        return total

@@ -1,0 +1,45 @@
+"""What a memory build did, per stream: sizes, the adaptive rule's statistics, timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BuildReport:
+    """Per-stream facts of one memory build (for logs, metrics and figures).
+
+    Attributes:
+        stream_names: one name per stream (``layer2``, ``layer2+layer3``…).
+        sizes: per stream, the memory length of every region.
+        d_max: per stream, ``d_imax`` of every region (NaN when not computed).
+        enlarged: per stream, how many regions the adaptive rule enlarged.
+        candidates: per stream, the candidates each region's coreset chose from.
+        seconds: per stream, the build time.
+    """
+
+    stream_names: list[str]
+    sizes: list[list[int]] = field(default_factory=list)
+    d_max: list[list[float]] = field(default_factory=list)
+    enlarged: list[int] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat ``memory/<stream>/<fact>`` entries."""
+        out: dict[str, Any] = {}
+        for i, name in enumerate(self.stream_names):
+            sizes = self.sizes[i]
+            out[f"memory/{name}/vectors"] = sum(sizes)
+            out[f"memory/{name}/min_region"] = min(sizes)
+            out[f"memory/{name}/max_region"] = max(sizes)
+            out[f"memory/{name}/enlarged_regions"] = self.enlarged[i]
+            out[f"memory/{name}/candidates_per_region"] = self.candidates[i]
+            out[f"memory/{name}/build_seconds"] = self.seconds[i]
+            finite = [d for d in self.d_max[i] if d == d]
+            if finite:
+                out[f"memory/{name}/d_max_min"] = min(finite)
+                out[f"memory/{name}/d_max_median"] = sorted(finite)[len(finite) // 2]
+                out[f"memory/{name}/d_max_max"] = max(finite)
+        return out

@@ -1,0 +1,86 @@
+"""PatchCore's support set, vectorised over the batch (no Python loop, no host read).
+
+PatchCore reweights the image score with the distances from the most anomalous test
+feature ``f*`` to the ``n`` memory items nearest to *its nearest memory item* ``m*``
+(``m*`` itself included). With per-stream memories (FAPM's layer-wise search), this is
+done in every stream at the position of ``f*`` and the streams' distances are added with
+the fusion weights, as the anomaly map's distances are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class StreamSearch:
+    """One stream's search result for a batch.
+
+    Attributes:
+        queries: ``[R, B·h·w, C]`` the test vectors, split by region.
+        distances: ``[R, B·h·w, k]`` ascending neighbour distances.
+        indices: ``[R, B·h·w, k]`` neighbour indices into the region's searchable memory.
+        size: ``(H_s, W_s)`` the stream's feature-map size.
+    """
+
+    queries: Tensor
+    distances: Tensor
+    indices: Tensor
+    size: tuple[int, int]
+
+
+def support_distances(
+    results: Sequence[StreamSearch],
+    searchables: Sequence[tuple[Tensor, Tensor]],
+    weights: Sequence[float],
+    grid: tuple[int, int],
+    fused_size: tuple[int, int],
+    pos: Tensor,
+    n: int,
+) -> Tensor:
+    """Fused distances ``[B, n]`` from the feature at ``pos`` to the support set of its nearest item.
+
+    Args:
+        results: per stream, the batch's search result.
+        searchables: per stream, ``(vectors [R, M, C], sq_norms [R, M])`` that were searched
+            (+inf norms on padding rows).
+        weights: per stream, the fusion weight.
+        grid: ``(gh, gw)`` the patch grid.
+        fused_size: ``(H, W)`` of the fused map that ``pos`` indexes.
+        pos: ``[B]`` flat positions on the fused map.
+        n: support-set size (at most the smallest region memory).
+
+    Returns:
+        ``[B, n]`` weighted sums over the streams, nearest support item first.
+    """
+    batch = pos.shape[0]
+    height, width = fused_size
+    y, x = pos // width, pos % width
+    gh, gw = grid
+    images = torch.arange(batch, device=pos.device)
+    total: Tensor | None = None
+    for result, (vectors, norms), weight in zip(results, searchables, weights):
+        hs, ws = result.size
+        h, w = hs // gh, ws // gw
+        ys, xs = y * hs // height, x * ws // width
+        region = (ys // h) * gw + xs // w  # [B]
+        offset = images * (h * w) + (ys % h) * w + xs % w  # [B] within the region's queries
+        r, m, c = vectors.shape
+        query = result.queries[region, offset]  # [B, C]
+        nearest = result.indices[region, offset, 0]  # [B]
+        flat = vectors.reshape(r * m, c)
+        item = flat.index_select(0, region * m + nearest)  # [B, C]
+        # ‖v − m*‖² for every item of m*'s region: one product over all regions, then each
+        # image's own region is picked ([R, M, B] stays small: R·M is one layer's memory)
+        products = torch.matmul(vectors, item.t())  # [R, M, B]
+        item_sq = norms[region] - 2 * products[region, :, images] + (item * item).sum(-1, keepdim=True)
+        support = torch.topk(item_sq, n, dim=1, largest=False).indices  # [B, n]
+        picked = flat.index_select(0, (region.unsqueeze(1) * m + support).reshape(-1)).view(batch, n, c)
+        d = (picked - query.unsqueeze(1)).norm(dim=-1) * weight
+        total = d if total is None else total + d
+    assert total is not None
+    return total
