@@ -1,13 +1,15 @@
-"""Every option of every config group composes and instantiates (with a small backbone)."""
+"""Every option of every config group composes, validates and builds (with a small backbone)."""
 
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from fapm.models.features import FeatureExtractor
+from fapm.builders import build_datamodule, build_extractor
+from fapm.pipeline.common import validated_settings
+from fapm.pipeline.train import _build_module
+from fapm.settings import ConfigError, LampSettings, MemorySettings
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -19,34 +21,74 @@ BASE = ["backbone=resnet18", "backbone.pretrained=false"]
 
 
 @pytest.mark.parametrize("model", options("model"))
-def test_model_configs_instantiate(model: str, tmp_path: Path) -> None:
+def test_model_configs_validate_and_build(model: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"model={model}", *BASE], tmp_path)
-    module = hydra.utils.instantiate(cfg.model.module)
-    assert module.facts()["model"] == cfg.model.name
-    if "grid" in cfg.model:  # the memory family (FAPM, PatchCore, ablations)
+    settings = validated_settings(cfg)
+    module = _build_module(cfg, settings)
+    assert module.facts()["model"] == cfg.model.name == settings.model.name
+    if isinstance(settings.model, MemorySettings):
         assert module.detector.grid == tuple(cfg.model.grid)
-        assert isinstance(module.detector.extractor, FeatureExtractor)
+        assert module.detector.k == cfg.model.k and module.detector.neighbourhood == cfg.model.neighbourhood
+        assert module.detector.coreset.ratio == cfg.model.coreset_ratio
+        assert len(module.detector.memories) == settings.model.streams(settings.backbone)
     else:  # the trained family (LAMP) brings its own trainer and callbacks
+        assert isinstance(settings.model, LampSettings)
         assert cfg.trainer.max_epochs > 1
         assert "early_stopping" in cfg.callbacks
 
 
 @pytest.mark.parametrize("backbone", options("backbone"))
-def test_backbone_configs_compose(backbone: str, tmp_path: Path) -> None:
+def test_backbone_configs_validate_and_build(backbone: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"backbone={backbone}"], tmp_path)
-    node = OmegaConf.to_container(cfg.backbone, resolve=True)
-    assert node["_target_"] == "fapm.models.features.FeatureExtractor"
-    assert len(node["layers"]) == 2
+    settings = validated_settings(cfg)
+    assert len(settings.backbone.layers) == 2
     if backbone != "vgg16_bn_craft":  # that one needs ../shared/weights, used by benchmarks only
-        extractor = hydra.utils.instantiate(cfg.backbone, pretrained="false")
-        assert list(extractor.output_shapes(112)) == node["layers"]
+        extractor = build_extractor(settings.backbone.replace(pretrained="false"))
+        shapes = extractor.output_shapes(112)
+        assert list(shapes) == list(settings.backbone.layers)
+        assert shapes[settings.backbone.layers[0]][1] == 2 * shapes[settings.backbone.layers[1]][1]  # strides 8, 16
 
 
 @pytest.mark.parametrize("data", options("data"))
-def test_data_configs_instantiate(data: str, tmp_path: Path) -> None:
+def test_data_configs_validate_and_build(data: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"data={data}", *BASE], tmp_path)
-    dm = hydra.utils.instantiate(cfg.data)
+    settings = validated_settings(cfg)
+    dm = build_datamodule(settings.data)
     assert dm.preprocess.output_size == 224
+    assert dm.preprocess.mean == tuple(settings.backbone.mean)  # the backbone's normalisation
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.d_th=abc", r"model\.d_th: expected a number, got 'abc'"),
+        ("model.k=four", r"model\.k: expected an integer"),
+        ("model.k=0", r"model\.k: must be >= 1"),
+        ("+model.foo=1", r"model\.foo: unknown key"),
+        ("model.blur_sigma=-1", r"model\.blur_sigma: must be >= 0"),
+        ("model.coreset_ratio=1.5", r"model\.coreset_ratio: must be in \(0\.0, 1\.0\]"),
+        ("model.grid=[7]", r"model\.grid: expected a list of 2 values"),
+        ("model.image_score=mean", r"model\.image_score: must be one of"),
+        ("model.layer_weights=[1.0]", r"model\.layer_weights: needs 2 value"),
+        ("backbone.pool_size=0", r"backbone\.pool_size: must be >= 1"),
+        ("backbone.pool_size=2", r"backbone\.pool_size: must be odd"),
+        ("data.crop_size=300", r"data\.crop_size: must be <= image_size"),
+        ("data.normal_holdout=1.0", r"data\.normal_holdout: must be in \[0\.0, 1\.0\)"),
+        ("thresholds.image_quantile=2", r"thresholds\.image_quantile: must be in \(0\.0, 1\.0\)"),
+        ("seed=abc", r"seed: expected an integer"),
+    ],
+)
+def test_bad_values_are_refused_with_their_key(override: str, message: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [*BASE, override], tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        validated_settings(cfg)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    cfg = compose_config("train", [*BASE, "model.k=four", "model.d_th=abc", "data.train_batch_size=0"], tmp_path)
+    with pytest.raises(ConfigError) as info:
+        validated_settings(cfg)
+    assert len(info.value.problems) == 3
 
 
 @pytest.mark.parametrize("group", ["logger", "callbacks", "trainer"])
@@ -57,7 +99,7 @@ def test_other_groups_instantiate(group: str, tmp_path: Path) -> None:
         cfg = compose_config("train", [f"{group}={option}", *BASE], tmp_path)
         if group == "trainer":
             if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
-                # composes; instantiating it needs a GPU (checked on the lent GPU machine)
+                # composes; instantiating it needs a GPU (checked on a lent GPU machine)
                 assert cfg.trainer.devices == 1
                 continue
             trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
@@ -68,6 +110,10 @@ def test_other_groups_instantiate(group: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
+def test_experiments_compose_and_validate(experiment: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"experiment={experiment}", *BASE], tmp_path)
-    assert cfg.model.module._target_.startswith("fapm.")
+    settings = validated_settings(cfg)
+    swept = cfg.hydra.sweeper.params if "hydra" in cfg and cfg.hydra.get("sweeper") else {}
+    assert settings.model.name == cfg.model.name and cfg.tags
+    for key, values in dict(swept or {}).items():
+        assert isinstance(values, str) and "," in values, key

@@ -1,351 +1,550 @@
-"""One self-describing model file: memory, thresholds, pre-processing, facts and config.
+"""The model file: data, never code.
 
-The file is a ``torch.save`` of plain containers, tensors, numbers and strings only, read
-back with ``torch.load(weights_only=True)`` — no code is ever unpickled::
+A model file is a `safetensors <https://github.com/huggingface/safetensors>`_ file: raw
+tensors plus one JSON header (metadata entry ``"fapm"``)::
 
-    {"format": "fapm-model", "format_version": 2, "fapm_version": "0.1.0", "torch_version": ...,
-     "config": <YAML of the data/backbone/model config>,
-     "facts": {"model", "backbone", "layers", "grid", "weights"},   # what the memory was built with
+    {"format": "fapm-model", "format_version": 3, "fapm_version": ..., "torch_version": ...,
+     "model": {...}, "backbone": {...}, "data": {...} | null,   # fapm.settings, validated on load
      "preprocess": {"image_size", "crop_size", "mean", "std"},
-     "thresholds": {...},                                           # fapm.inference.thresholds
-     "backbone_included": bool, "state_dict": {...}, "meta": {...},
-     "checksum": <sha256 of everything above>}
+     "thresholds": {...},                                        # fapm.inference.thresholds
+     "facts": {...}, "meta": {...},                              # what the run recorded (plain data)
+     "backbone_included": bool,
+     "checksum": "<sha256>", "signature": "<HMAC-SHA256>" | null}
+
+Tensors are the plain-torch detector's state (the memories; the backbone's weights only
+with ``include_backbone``; LAMP's network). Nothing in the file is unpickled or
+instantiated: loading parses the settings with their schema (unknown keys, ``_target_``
+nodes and wrong types are refused), builds the detector with :mod:`fapm.builders` from the
+package's own classes, and checks every tensor against what the settings imply (names,
+shapes, dtypes, finite values, memory channels vs the backbone's layers, grid vs map size).
+Neither Hydra nor Lightning is imported.
+
+Integrity: the checksum (sha256 over the header and every tensor) catches corruption; anyone
+can recompute it. Authenticity: with a key in ``FAPM_MODEL_KEY`` (the key itself) or
+``FAPM_MODEL_KEY_FILE`` (a file holding it), :func:`save_model` signs the same bytes with
+HMAC-SHA256 and :func:`read_model_file` refuses files whose signature is missing or wrong —
+protection against tampering by anyone without the key.
 
 Backbone weights are not stored by default: they come back from their recorded source
-(``facts["weights"]``): the ImageNet weights of the library (cache or download; never a
-silent fall-back to random), a local file whose sha256 must match, or the seeded random
-init. ``include_backbone=True`` stores them too (11 MB for ResNet-18 up to layer3, 100 MB
-for WRN-50-2), so the file scores on machines without that source.
-
-:func:`read_model_file` rejects missing, truncated, corrupt (checksum) and non-model
-files and files of a newer format; :func:`load_module` also rejects a config that asks
-for another backbone, layers or grid than the file was built with.
+(``facts["weights"]``): ImageNet weights of the library (cache or download, never a silent
+fall-back to random), a local file whose sha256 must match, or the seeded random init.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
 import os
-import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from fapm import __version__
+from fapm.errors import FapmError
+from fapm.fileio import replace_atomically
+from fapm.settings import (
+    BackboneSettings,
+    ConfigError,
+    DataSettings,
+    LampSettings,
+    MemorySettings,
+    ModelSettings,
+    parse_data,
+    parse_model,
+)
 
 FORMAT = "fapm-model"
-FORMAT_VERSION = 2
-#: Versions this code reads (1: before facts, thresholds and the checksum).
-READABLE_VERSIONS = (1, 2)
-BACKBONE_PREFIX = "detector.extractor."
-#: Facts of ``module.facts()`` recorded in the file (those the module reports).
-FACT_KEYS = ("model", "backbone", "layers", "grid", "weights")
-#: Fact → config key that asks for it (checked on load).
-CONFIG_KEYS = {"backbone": "backbone.name", "layers": "backbone.layers", "grid": "model.grid"}
-_HASHED = ("format", "format_version", "config", "facts", "preprocess", "thresholds", "backbone_included", "meta")
+FORMAT_VERSION = 3
+METADATA_KEY = "fapm"
+#: Tensor-name prefix of the backbone's weights (stored only with ``include_backbone``).
+BACKBONE_PREFIX = "extractor."
+#: Environment variables holding the signing key, or the path of a file holding it.
+KEY_ENV = "FAPM_MODEL_KEY"
+KEY_FILE_ENV = "FAPM_MODEL_KEY_FILE"
+_HEADER_KEYS = frozenset({
+    "format", "format_version", "fapm_version", "torch_version", "model", "backbone", "data", "preprocess",
+    "thresholds", "facts", "meta", "backbone_included", "checksum", "signature",
+})  # fmt: skip
+_UNSIGNED = ("checksum", "signature")
+#: Keys that would make a config instantiate or call something (Hydra's); refused anywhere.
+_CODE_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 
 
-class ModelFileError(ValueError):
+class ModelFileError(FapmError, ValueError):
     """A model file that cannot be used, with the reason and the file name."""
 
-
-# ---------------------------------------------------------------------------------- writing
-def _persisted_keys(state: dict[str, torch.Tensor], include_backbone: bool, prefixes: tuple[str, ...]) -> dict:
-    keep = {}
-    for key, value in state.items():
-        if not key.startswith(prefixes):
-            continue
-        if key.startswith(BACKBONE_PREFIX) and not include_backbone:
-            continue
-        keep[key] = value.detach().cpu().contiguous()
-    return keep
+    hint = "use the model.safetensors of a training run (or re-train); see docs/reliability.md"
 
 
+# ------------------------------------------------------------------------------ signing
+def signing_key() -> bytes | None:
+    """The HMAC key from ``FAPM_MODEL_KEY`` or ``FAPM_MODEL_KEY_FILE``; None when neither is set."""
+    value = os.environ.get(KEY_ENV)
+    if value:
+        return value.encode()
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).read_bytes().strip()
+        except OSError as err:
+            raise ModelFileError(f"cannot read the signing key file {path} ({KEY_FILE_ENV}): {err.strerror}") from err
+        if not key:
+            raise ModelFileError(f"the signing key file {path} ({KEY_FILE_ENV}) is empty")
+        return key
+    return None
+
+
+def _digest_parts(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[bytes]:
+    head = {k: v for k, v in header.items() if k not in _UNSIGNED}
+    parts = [json.dumps(head, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()]
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        parts.append(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        parts.append(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return parts
+
+
+def checksum(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the header (without checksum and signature) and every tensor (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for part in _digest_parts(header, tensors):
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def signature(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], key: bytes) -> str:
+    """HMAC-SHA256 with ``key`` over the same bytes as :func:`checksum`."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in _digest_parts(header, tensors):
+        mac.update(part)
+    return mac.hexdigest()
+
+
+# ------------------------------------------------------------------------------ writing
 def _plain(value: Any) -> Any:
-    """Python scalars/containers only (``weights_only`` refuses numpy scalars and OmegaConf nodes)."""
-    if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
+    """JSON-safe plain data: NaN/inf become None, tuples lists, unknown objects their text."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (str, bool, int, float)) or value is None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
     if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
+        return _plain(value.item())
     return str(value)
 
 
-def module_facts(module: Any) -> dict[str, Any]:
-    """The facts of ``module.facts()`` that define what its memory was built with."""
-    facts = module.facts() if hasattr(module, "facts") else {}
-    return {k: _plain(facts[k]) for k in FACT_KEYS if k in facts}
-
-
-def checksum(payload: Mapping[str, Any]) -> str:
-    """sha256 over the payload's entries (JSON) and its state-dict tensors (bytes)."""
-    digest = hashlib.sha256()
-    head = {k: payload.get(k) for k in _HASHED}
-    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for key in sorted(payload["state_dict"]):
-        tensor = payload["state_dict"][key]
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def detector_tensors(detector: nn.Module, include_backbone: bool = False) -> dict[str, torch.Tensor]:
+    """The state a model file stores: every persistent tensor, the backbone's only if asked."""
+    out = {}
+    for name, tensor in detector.state_dict().items():
+        if name.startswith(BACKBONE_PREFIX) and not include_backbone:
+            continue
+        if name.endswith("num_batches_tracked"):
+            continue
+        out[name] = tensor.detach().cpu().contiguous()
+    return out
 
 
 def save_model(
     path: str | Path,
-    module: torch.nn.Module,
-    config: DictConfig | dict,
-    meta: dict[str, Any] | None = None,
-    include_backbone: bool = False,
-    prefixes: tuple[str, ...] = ("detector.",),
+    detector: nn.Module,
+    model: ModelSettings,
+    backbone: BackboneSettings | None,
+    preprocess: Mapping[str, Any],
+    data: DataSettings | None = None,
     thresholds: Mapping[str, Any] | None = None,
-    preprocess: Mapping[str, Any] | None = None,
     facts: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    include_backbone: bool = False,
 ) -> Path:
-    """Write ``module``'s persistent state, ``config`` and facts to ``path`` (atomically).
+    """Write ``detector`` and its settings to ``path`` atomically (temp file, fsync, rename).
 
     Args:
         path: the file to write (parents created).
-        module: the fitted module; ``prefixes`` select its state to store.
-        config: the config that rebuilds ``module`` (``model.module`` is instantiated on load).
-        meta: free-form plain data (run facts, metrics).
-        include_backbone: store the backbone weights too (self-contained file).
+        detector: the fitted plain-torch detector.
+        model, backbone, data: the validated settings it was built and fitted with.
+        preprocess: :meth:`Preprocess.to_dict` of the images it was fitted on.
         thresholds: :meth:`Thresholds.to_dict` (empty = none decided).
-        preprocess: :meth:`Preprocess.to_dict` of the images the module was fitted on.
-        facts: what the memory was built with; default :func:`module_facts`.
+        facts: what the run recorded about the model (backbone weight source, memory sizes…).
+        meta: free-form plain data (run metrics).
+        include_backbone: store the backbone weights too (a self-contained file).
+
+    Raises:
+        ModelFileError: the file cannot be written (disk full, permissions), with the OS reason;
+            nothing is left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
-    payload: dict[str, Any] = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fapm_version": __version__,
-        "torch_version": str(torch.__version__),  # TorchVersion is a class weights_only refuses
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
-        "facts": _plain(dict(facts) if facts is not None else module_facts(module)),
-        "preprocess": _plain(dict(preprocess)) if preprocess is not None else None,
+        "torch_version": str(torch.__version__),
+        "model": _model_dict(model),
+        "backbone": backbone.to_dict() if backbone is not None else None,
+        "data": data.to_dict() if data is not None else None,
+        "preprocess": _plain(dict(preprocess)),
         "thresholds": _plain(dict(thresholds or {})),
-        "backbone_included": bool(include_backbone),
-        "state_dict": _persisted_keys(module.state_dict(), include_backbone, prefixes),
+        "facts": _plain(dict(facts or {})),
         "meta": _plain(dict(meta or {})),
+        "backbone_included": bool(include_backbone),
     }
-    payload["checksum"] = checksum(payload)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tensors = detector_tensors(detector, include_backbone)
+    header["checksum"] = checksum(header, tensors)
+    key = signing_key()
+    header["signature"] = signature(header, tensors, key) if key is not None else None
+
+    from safetensors.torch import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)}))
+    except OSError as err:
+        reason = errno.errorcode.get(err.errno or 0, "")
+        raise ModelFileError(
+            f"cannot write the model file {path}: {err.strerror or err}" + (f" ({reason})" if reason else "")
+        ) from err
     return path
 
 
-# ---------------------------------------------------------------------------------- reading
-def _load_error(err: Exception) -> str:
-    """The useful line of a ``torch.load`` error."""
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return f"it holds pickled Python objects ({found.group(1)}), which are never loaded"
-    first = text.strip().splitlines()[0][:200] if text.strip() else ""
-    return first or type(err).__name__
+def _model_dict(model: ModelSettings) -> dict[str, Any]:
+    data = model.to_dict()
+    if isinstance(model, LampSettings):  # training-only Hydra nodes: never stored
+        data.pop("optimizer", None)
+        data.pop("scheduler", None)
+    return data
 
 
-def read_model_file(path: str | Path) -> dict[str, Any]:
-    """Read and validate a model file; returns the payload with ``config`` as a DictConfig.
+# ------------------------------------------------------------------------------ reading
+@dataclass
+class ModelFile:
+    """A validated model file: its settings, tensors and recorded facts.
+
+    Attributes:
+        path: where it was read from.
+        model, backbone, data: the parsed settings (``backbone`` is None for LAMP files).
+        preprocess: pre-processing of the images it was fitted on.
+        thresholds: the stored decision thresholds (plain data).
+        facts, meta: what the run recorded.
+        backbone_included: the backbone's weights are in ``tensors``.
+        tensors: name → tensor, on the CPU.
+        signed: the file carries a signature; ``verified``: it was checked with the key.
+    """
+
+    path: Path
+    model: ModelSettings
+    backbone: BackboneSettings | None
+    data: DataSettings | None
+    preprocess: dict[str, Any]
+    thresholds: dict[str, Any]
+    facts: dict[str, Any]
+    meta: dict[str, Any]
+    backbone_included: bool
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    signed: bool = False
+    verified: bool = False
+
+
+def _find_code(value: Any, where: str) -> str | None:
+    """The first key that would make a config call code (Hydra's ``_target_``…), as ``where.key``."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in _CODE_KEYS:
+                return f"{where}.{key}"
+            found = _find_code(item, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_code(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _read_raw(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Header and tensors of a safetensors file; :class:`ModelFileError` on anything unreadable."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic[:2] == b"PK":
+        raise ModelFileError(
+            f"{path} is a zip/pickle container (a torch.save file, a Lightning checkpoint, or a format-1/2 "
+            f"fapm model), not a format-{FORMAT_VERSION} model file; such files are not loaded because "
+            "unpickling can run code. Re-train to get a model.safetensors."
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # noqa: BLE001 - the safetensors parser's errors vary by corruption
+        raise ModelFileError(f"cannot read model file {path}: truncated, corrupt or not a model file ({err})") from err
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelFileError(f"{path} is a safetensors file without a {FORMAT} header (not a fapm model file)")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ModelFileError(f"model file {path}: its header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise ModelFileError(f"model file {path}: its header is not a JSON object")
+    return header, tensors
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and validate a model file (no detector is built yet).
 
     Raises:
-        ModelFileError: missing, truncated, corrupt or non-model file, or a newer format.
+        ModelFileError: missing, unreadable, corrupt (checksum), tampered (signature), of
+            another format or version, or holding settings that are invalid or name code.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated, corrupt, pickled code or not a torch file
-        raise ModelFileError(
-            f"cannot read model file {path}: truncated, corrupt or not a {FORMAT} file ({_load_error(err)})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a {FORMAT} file (a Lightning checkpoint? use the model.pt of a run)")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
+        header, tensors = _read_raw(path)
+        return _validate(path, header, tensors)
+    except ModelFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a file we did not foresee: one clear error, never a crash
+        raise ModelFileError(f"model file {path} is invalid: {type(err).__name__}: {err}") from err
+
+
+def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelFile:
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a {FORMAT} file (format {header.get('format')!r})")
+    version = header.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ModelFileError(f"{path} has no valid format version ({version!r}): corrupt file")
-    if version > FORMAT_VERSION:
+    if version != FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
         raise ModelFileError(
-            f"{path} has model-file format {version}, newer than this fapm {__version__} reads "
-            f"(format {FORMAT_VERSION}): upgrade fapm"
+            f"{path} has model-file format {version}; this fapm {__version__} reads format {FORMAT_VERSION}"
+            + (": upgrade fapm" if newer else " (re-train to get a current file)")
         )
-    required = ("config", "state_dict", "meta") + (("facts", "thresholds", "checksum") if version >= 2 else ())
-    for key in required:
-        if key not in payload:
+    unknown = sorted(set(header) - _HEADER_KEYS)
+    if unknown:
+        raise ModelFileError(f"model file {path}: unknown header entries {unknown}")
+    for key in ("model", "preprocess", "checksum", "backbone_included"):
+        if key not in header:
             raise ModelFileError(f"model file {path} lacks its {key!r} entry (corrupt?)")
-    if not isinstance(payload["state_dict"], dict) or not all(
-        isinstance(v, torch.Tensor) for v in payload["state_dict"].values()
-    ):
-        raise ModelFileError(f"model file {path}: its state_dict is not a dict of tensors (corrupt?)")
-    if version >= 2 and checksum(payload) != payload["checksum"]:
-        raise ModelFileError(f"model file {path} is corrupt: its checksum does not match its contents")
-    payload.setdefault("facts", {})
-    payload.setdefault("thresholds", {})
-    payload.setdefault("preprocess", None)
-    payload.setdefault("backbone_included", False)
-    try:
-        payload["config"] = OmegaConf.create(payload["config"])
-    except Exception as err:  # noqa: BLE001 - YAML errors
-        raise ModelFileError(f"model file {path}: its config is not valid YAML ({err})") from err
-    return payload
-
-
-def _listify(value: Any) -> Any:
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value, resolve=True)
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def check_config(facts: Mapping[str, Any], config: DictConfig | Mapping[str, Any], path: str | Path) -> None:
-    """Error if ``config`` asks for another backbone, layers or grid than the file's ``facts``.
-
-    Only keys present in both are compared (a config without ``backbone`` asks for nothing).
-    """
-    cfg = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
-    for fact, key in CONFIG_KEYS.items():
-        if fact not in facts:
-            continue
-        asked = OmegaConf.select(cfg, key, default=None)
-        if asked is None:
-            continue
-        if _listify(asked) != _listify(facts[fact]):
+    for section in ("model", "backbone", "data", "preprocess", "thresholds"):
+        found = _find_code(header.get(section), section)
+        if found:
             raise ModelFileError(
-                f"the config asks for {key}={_listify(asked)} but the model file {path} was built with "
-                f"{fact} {facts[fact]}: use a model trained with that setting, or drop the override"
+                f"model file {path}: {found} asks to call code; a model file is data and is never "
+                "instantiated (refused)"
             )
+    if not isinstance(header["checksum"], str) or not hmac.compare_digest(header["checksum"], checksum(header, tensors)):
+        raise ModelFileError(f"model file {path} is corrupt: its checksum does not match its contents")
+    signed = isinstance(header.get("signature"), str)
+    key = signing_key()
+    verified = False
+    if key is not None:
+        if not signed:
+            raise ModelFileError(
+                f"model file {path} is not signed, but a signing key is set ({KEY_ENV}/{KEY_FILE_ENV}): "
+                "only signed files are loaded"
+            )
+        if not hmac.compare_digest(header["signature"], signature(header, tensors, key)):
+            raise ModelFileError(f"model file {path}: its signature does not match (tampered, or another key)")
+        verified = True
+    try:
+        model = parse_model(header["model"], "model")
+        backbone = (
+            BackboneSettings.parse(header["backbone"], "backbone") if header.get("backbone") is not None else None
+        )
+        data = parse_data(header["data"], "data") if header.get("data") is not None else None
+    except ConfigError as err:
+        raise ModelFileError(f"model file {path} holds invalid settings: {err}") from err
+    if isinstance(model, MemorySettings) and backbone is None:
+        raise ModelFileError(f"model file {path}: a memory-bank model without backbone settings")
+    facts = header.get("facts") or {}
+    if isinstance(model, MemorySettings) and isinstance(facts, dict) and backbone is not None:
+        # what the settings ask for must be what the memory was built with
+        for fact, wanted in (("backbone", backbone.name), ("layers", list(backbone.layers)), ("grid", list(model.grid))):
+            if fact in facts and facts[fact] != wanted:
+                raise ModelFileError(
+                    f"model file {path}: its settings ask for {fact} {wanted} but its memory was built with "
+                    f"{facts[fact]}"
+                )
+    for name in ("preprocess", "thresholds", "facts", "meta"):
+        value = header.get(name) or {}
+        if not isinstance(value, dict):
+            raise ModelFileError(f"model file {path}: its {name!r} entry is not a mapping")
+    if not isinstance(header["backbone_included"], bool):
+        raise ModelFileError(f"model file {path}: 'backbone_included' must be true or false")
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        # d_max is NaN where the adaptive statistic was not computed (e.g. a projected coreset)
+        bad = torch.isinf(tensor) if name.endswith(".d_max") else ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            raise ModelFileError(f"model file {path}: tensor {name!r} holds NaN or infinite values")
+    return ModelFile(
+        path=path,
+        model=model,
+        backbone=backbone,
+        data=data,
+        preprocess=dict(header["preprocess"]),
+        thresholds=dict(header.get("thresholds") or {}),
+        facts=dict(header.get("facts") or {}),
+        meta=dict(header.get("meta") or {}),
+        backbone_included=header["backbone_included"],
+        tensors=tensors,
+        signed=signed,
+        verified=verified,
+    )
 
 
-def _source_overrides(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Backbone settings that rebuild the backbone from the file's recorded weight source."""
-    if payload.get("backbone_included"):
-        return {"pretrained": False, "weights": None}  # random skeleton, then the stored weights
-    kind = str(payload.get("facts", {}).get("weights", "")).split(":", 1)[0]
+# ------------------------------------------------------------------------------ building
+def _source_backbone(file: ModelFile) -> BackboneSettings:
+    """Backbone settings that rebuild the weights the memory was built with, never others."""
+    assert file.backbone is not None
+    if file.backbone_included:
+        return file.backbone.replace(pretrained="false", weights=None)  # a skeleton; the file's weights follow
+    kind = str(file.facts.get("weights", "")).split(":", 1)[0]
     if kind == "imagenet":
-        return {"pretrained": True, "weights": None}  # download or fail, never random
+        return file.backbone.replace(pretrained="true", weights=None)  # download or fail, never random
     if kind == "random":
-        return {"pretrained": False, "weights": None}
-    return {}  # "file": the recorded path, checked by hash below
+        return file.backbone.replace(pretrained="false", weights=None)
+    return file.backbone  # "file": the recorded path, its hash checked below
 
 
-def _backbone_nodes(config: DictConfig) -> list[DictConfig]:
-    """``config.backbone`` and its resolved copies inside ``config.model`` (same ``_target_``)."""
-    target = OmegaConf.select(config, "backbone._target_", default=None)
-    if target is None:
-        return []
-    found: list[DictConfig] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            if node.get("_target_") == target and "pretrained" in node:
-                found.append(node)
-            for key in node:
-                if not OmegaConf.is_missing(node, key):
-                    walk(node[key])
-        elif OmegaConf.is_list(node):
-            for item in node:
-                walk(item)
-
-    walk(config)
-    return found
-
-
-def _sha(weights: str) -> str | None:
-    found = re.search(r"sha256=([0-9a-f]+)", weights)
-    return found.group(1) if found else None
-
-
-def _check_source(module: Any, payload: Mapping[str, Any], path: str | Path) -> None:
-    recorded = payload.get("facts", {}).get("weights")
-    if recorded is None or payload.get("backbone_included"):
+def _check_source(detector: nn.Module, file: ModelFile) -> None:
+    recorded = file.facts.get("weights")
+    if recorded is None or file.backbone_included:
         return
-    rebuilt = str(module_facts(module).get("weights"))
+    rebuilt = str(detector.extractor.weight_source)
     kind = str(recorded).split(":", 1)[0]
     if kind == "file":  # the file may live elsewhere on this machine: its hash must match, not its path
         same = rebuilt.split(":", 1)[0] == kind and _sha(rebuilt) == _sha(str(recorded))
-    else:  # imagenet:<library>:<name>:<tag> or random:<library> init, seed <n>
+    else:
         same = rebuilt == str(recorded)
     if not same:
         raise ModelFileError(
-            f"{path}: the memory was built with backbone weights {recorded} but they rebuilt as {rebuilt}: "
-            "the scores would be meaningless. Provide the same weights, or save the model with "
-            "include_backbone=True (save_backbone=true at training)."
+            f"{file.path}: the memory was built with backbone weights {recorded} but they rebuilt as {rebuilt}: "
+            "the scores would be meaningless. Provide the same weights, or save the model with the backbone "
+            "included (save_backbone=true at training)."
         )
 
 
-def load_state(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, backbone_included: bool = False
-) -> None:
-    """Load a model file's ``state`` into a freshly built ``module``; every stored key must fit."""
-    own = module.state_dict()
-    unknown = [k for k in state if k not in own]
-    if unknown:
-        raise ModelFileError(f"{path}: the model built from its config has no {unknown[:3]} (config/file mismatch)")
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise ModelFileError(f"{path}: its tensors do not fit the model built from its config ({err})") from err
-    missing = [
-        k for k in result.missing_keys
-        if k.startswith("detector.") and (backbone_included or not k.startswith(BACKBONE_PREFIX))
-    ]
-    if missing:
-        raise ModelFileError(f"{path}: the file lacks {missing[:3]} (truncated or from another model)")
+def _sha(weights: str) -> str | None:
+    marker = "sha256="
+    return weights.split(marker, 1)[1].split()[0] if marker in weights else None
 
 
-def load_module(
-    path: str | Path, overrides: DictConfig | Mapping[str, Any] | None = None
-) -> tuple[Any, dict[str, Any]]:
-    """Rebuild the module stored in a model file (on the CPU, in eval mode).
+def _check_tensors(file: ModelFile, detector: nn.Module) -> None:
+    """Every tensor the file holds is one the detector has, of the same dtype and a shape it can take."""
+    own = {k: v for k, v in detector.state_dict().items() if not k.endswith("num_batches_tracked")}
+    expected = {k for k in own if file.backbone_included or not k.startswith(BACKBONE_PREFIX)}
+    unknown = sorted(set(file.tensors) - expected)
+    missing = sorted(expected - set(file.tensors))
+    if unknown or missing:
+        raise ModelFileError(
+            f"{file.path}: its tensors do not fit the model its settings describe"
+            + (f"; unexpected {unknown[:3]}" if unknown else "")
+            + (f"; missing {missing[:3]}" if missing else "")
+        )
+    for name in expected:
+        stored, mine = file.tensors[name], own[name]
+        if stored.dtype != mine.dtype:
+            raise ModelFileError(f"{file.path}: tensor {name!r} is {stored.dtype}, expected {mine.dtype}")
+        if ".memories." in f".{name}" or name.startswith("memories."):
+            continue  # memories are sized by their training data: checked by _check_memories
+        if tuple(stored.shape) != tuple(mine.shape):
+            raise ModelFileError(
+                f"{file.path}: tensor {name!r} has shape {tuple(stored.shape)}, the model needs {tuple(mine.shape)}"
+            )
+
+
+def _check_memories(file: ModelFile, detector: nn.Module) -> None:
+    """Memory shapes against the grid and the backbone's channels and map sizes at the fitted input size."""
+    from fapm.models.patch_memory import GridError, check_grid
+
+    side = int(file.preprocess.get("crop_size") or file.preprocess.get("image_size") or 0)
+    if side <= 0:
+        raise ModelFileError(f"{file.path}: its preprocess entry has no image size")
+    with torch.no_grad():
+        streams = detector.extract(torch.zeros(1, 3, side, side))
+    grid = detector.grid
+    regions = grid[0] * grid[1]
+    for i, (name, stream) in enumerate(zip(detector.stream_names, streams)):
+        try:
+            check_grid(stream.shape[-2], stream.shape[-1], grid, what=f"feature map of stream {name!r}")
+        except GridError as err:
+            raise ModelFileError(f"{file.path}: {err}") from err
+        vectors = file.tensors[f"memories.{i}.memory"]
+        lengths = file.tensors[f"memories.{i}.lengths"]
+        if vectors.dim() != 3 or vectors.shape[0] != regions or vectors.shape[1] < 1:
+            raise ModelFileError(
+                f"{file.path}: memory of stream {name!r} has shape {tuple(vectors.shape)}, expected "
+                f"[{regions} regions, K, C] for grid {list(grid)}"
+            )
+        if vectors.shape[2] != stream.shape[1]:
+            raise ModelFileError(
+                f"{file.path}: memory of stream {name!r} has {vectors.shape[2]} channels but the backbone "
+                f"{file.facts.get('backbone', '')} gives {stream.shape[1]} (another backbone or layers?)"
+            )
+        for extra in ("lengths", "d_max", "enlarged"):
+            if tuple(file.tensors[f"memories.{i}.{extra}"].shape) != (regions,):
+                raise ModelFileError(f"{file.path}: memories.{i}.{extra} must hold one value per region ({regions})")
+        if bool((lengths < 1).any()) or bool((lengths > vectors.shape[1]).any()):
+            raise ModelFileError(
+                f"{file.path}: memory lengths of stream {name!r} must be in [1, {vectors.shape[1]}], "
+                f"got {lengths.min().item()}..{lengths.max().item()}"
+            )
+
+
+def load_detector(path: str | Path, extractor: nn.Module | None = None) -> tuple[nn.Module, ModelFile]:
+    """Rebuild the plain-torch detector a model file holds (on the CPU, in eval mode).
 
     Args:
         path: the model file.
-        overrides: config merged into the stored one. The stored config is resolved, so
-            override what is built, e.g. ``{"model": {"module": {"detector": {"k": 1}}}}``;
-            asking for another backbone, layers or grid than the file's is an error.
+        extractor: an already built backbone to reuse (it must be the one the file needs).
 
     Returns:
-        ``(module, payload)`` with ``payload["config"]`` the merged config.
-    """
-    import hydra
+        ``(detector, file)``.
 
-    payload = read_model_file(path)
-    facts = payload["facts"]
-    config: DictConfig = payload["config"]
-    check_config(facts, config, path)
-    if overrides is not None:
-        check_config(facts, overrides, path)
-        config = OmegaConf.merge(config, overrides)
-    build = config.copy()
-    for node in _backbone_nodes(build):
-        node.merge_with(_source_overrides(payload))
+    Raises:
+        ModelFileError: anything wrong with the file, or backbone weights that cannot be had.
+    """
+    from fapm.builders import build_lamp_detector, build_memory_detector
+    from fapm.models.features import BackboneError
+
+    file = read_model_file(path)
+    mean = file.preprocess.get("mean")
+    std = file.preprocess.get("std")
     try:
-        module = hydra.utils.instantiate(build.model.module)
-    except Exception as err:  # noqa: BLE001 - reported with the file and the recorded source
-        cause = err.__cause__ or err
+        if isinstance(file.model, MemorySettings):
+            detector = build_memory_detector(file.model, _source_backbone(file), extractor=extractor)
+        else:
+            if mean is None or std is None:
+                raise ModelFileError(f"{file.path}: its preprocess entry lacks mean/std")
+            detector = build_lamp_detector(file.model, mean, std)
+    except ModelFileError:
+        raise
+    except (BackboneError, ValueError) as err:
         raise ModelFileError(
-            f"{path}: cannot rebuild the model from its config (backbone weights {facts.get('weights', '?')}): "
-            f"{cause}"
+            f"{file.path}: cannot rebuild the model (backbone weights {file.facts.get('weights', '?')}): {err}"
         ) from err
-    built = module_facts(module)
-    for fact in CONFIG_KEYS:
-        if fact in facts and fact in built and _listify(built[fact]) != _listify(facts[fact]):
-            raise ModelFileError(
-                f"the config builds a model with {fact} {built[fact]} but the model file {path} was built with "
-                f"{facts[fact]}: use a model trained with that setting, or drop the override"
-            )
-    load_state(module, payload["state_dict"], path, bool(payload["backbone_included"]))
-    _check_source(module, payload, path)
-    module.eval()
-    payload["config"] = config
-    return module, payload
+    _check_tensors(file, detector)
+    if isinstance(file.model, MemorySettings):
+        _check_memories(file, detector)
+    try:
+        detector.load_state_dict(file.tensors, strict=False)
+    except RuntimeError as err:
+        raise ModelFileError(f"{file.path}: its tensors do not fit the model ({err})") from err
+    if isinstance(file.model, MemorySettings):
+        _check_source(detector, file)
+    detector.eval()
+    return detector, file

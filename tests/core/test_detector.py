@@ -2,16 +2,17 @@
 
 import math
 
-import hydra
 import pytest
 import torch
 
+from fapm.builders import build_memory_detector
 from fapm.models.adaptive import AdaptiveCoreset
 from fapm.models.detector import MemoryDetector
 from fapm.models.features import FeatureExtractor
 from fapm.models.patch_memory import split_regions
 from fapm.models.scoring import PatchCoreWeightedScore
 from fapm.models.streams import ConcatLayers
+from fapm.pipeline.common import validated_settings
 from tests.conftest import compose_config
 
 VARIANTS = ["patchcore", "ablation_b", "ablation_c", "ablation_d", "fapm"]
@@ -34,7 +35,8 @@ def build(variant: str, tmp_path, overrides=()) -> MemoryDetector:
     cfg = compose_config(
         "train", [f"model={variant}", "backbone=resnet18", "backbone.pretrained=false", *overrides], tmp_path
     )
-    return hydra.utils.instantiate(cfg.model.module.detector)
+    settings = validated_settings(cfg)
+    return build_memory_detector(settings.model, settings.backbone, settings.seed)
 
 
 def fit(det: MemoryDetector, images: torch.Tensor) -> MemoryDetector:

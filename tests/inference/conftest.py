@@ -48,7 +48,7 @@ def trained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
     out = tmp_path_factory.mktemp("run")
     metrics = train(compose_config("train", tiny_overrides(demo_root), out))
-    return metrics, out / "model.pt"
+    return metrics, out / "model.safetensors"
 
 
 @pytest.fixture(scope="session")

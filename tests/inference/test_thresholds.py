@@ -59,11 +59,13 @@ def test_select_auto_quantile_f1_and_numbers() -> None:
     assert t.select("image") == 3.0  # auto prefers the normal-data quantile
     assert t.select("image", "f1") == 2.0
     assert t.select("image", 1.25) == 1.25 and t.select("image", "1.5") == 1.5
-    assert t.select("pixel") == 5.0  # auto falls back to F1
+    # auto never falls back to the test set's F1 threshold: no normal-data threshold, no labels
+    assert t.select("pixel") is None and Thresholds().select("image") is None
+    assert t.select("pixel", "f1") == 5.0  # only when asked for explicitly
     with pytest.raises(ThresholdError, match="no pixel threshold of kind 'quantile'"):
         t.select("pixel", "quantile")
     with pytest.raises(ThresholdError, match="no image threshold"):
-        Thresholds().select("image")
+        Thresholds().select("image", "f1")
     with pytest.raises(ThresholdError, match="auto, quantile, f1 or a number"):
         parse_choice("median")
     assert t.normalise("image", torch.tensor(3.0), t.select("image")).item() == pytest.approx(0.5)

@@ -6,13 +6,13 @@ import json
 import math
 from pathlib import Path
 
-import hydra
 import pytest
 import torch
 
 from fapm.metrics import names
 from fapm.pipeline.evaluate import evaluate
-from fapm.pipeline.train import train
+from fapm.pipeline.common import validated_settings
+from fapm.pipeline.train import _build_module, train
 from tests.conftest import compose_config, make_obvious_category
 
 
@@ -66,13 +66,13 @@ def test_train_end_to_end_and_loss_goes_down(lamp_run) -> None:
     for key in (names.IMAGE_AUROC, names.PIXEL_AUROC, names.PIXEL_AUPRO, "fps", "latency_ms", "parameters"):
         assert written[key] is not None and math.isfinite(written[key]), key
     assert written["model"] == "lamp" and written["lamp"] is True and written["base_loss"] == "l2"
-    assert (out / "model.pt").is_file()
+    assert (out / "model.safetensors").is_file()
     assert any((out / "checkpoints").glob("*.ckpt"))
 
 
 def test_saved_model_reproduces_test_metrics(lamp_run, tmp_path: Path) -> None:
     _, metrics, out = lamp_run
-    cfg = compose_config("eval", [f"ckpt_path={out / 'model.pt'}", "callbacks=none", "trainer.accelerator=cpu"], tmp_path)
+    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "trainer.accelerator=cpu"], tmp_path)
     again = evaluate(cfg)
     for key in (names.IMAGE_AUROC, names.PIXEL_AUROC, names.PIXEL_AUPRO):
         assert again[key] == pytest.approx(metrics[key], abs=1e-9), key
@@ -90,7 +90,7 @@ def test_saved_model_reproduces_test_metrics(lamp_run, tmp_path: Path) -> None:
 )
 def test_config_variants_instantiate(data_root: Path, tmp_path: Path, overrides, optimizer, scales) -> None:
     cfg = compose_config("train", [*_overrides(data_root), *overrides], tmp_path)
-    module = hydra.utils.instantiate(cfg.model.module)
+    module = _build_module(cfg, validated_settings(cfg))
     assert isinstance(module.configure_optimizers(), optimizer)
     assert module.detector.autoencoder.scales == scales
     assert module.loss.base == cfg.model.base_loss and module.loss.lamp == cfg.model.lamp

@@ -10,9 +10,11 @@ types, ``good`` first, then the defect types in sorted order, until ``num_images
 chosen. So a run shows normal and defective images of every type it can, deterministically
 (the test loader is not shuffled), holding at most ``num_images × types`` input tensors.
 
-Thresholds: the predicted mask uses the pixel F1-max threshold of the run's test metrics
-(map units), or the image F1-max threshold when there are no pixel metrics; the title shows
-the image score and the decision at the image F1-max threshold.
+Thresholds: the same stored thresholds that ``metrics.json``, ``predict.py`` and the API use
+(the module's ``thresholds``, chosen at fit time from held-out normal images): the predicted
+mask at the pixel threshold, the title's decision at the image threshold. A model fitted
+without held-out normal images has none; its figures then show scores and maps, no decision
+(the test set's F1 threshold is a metric, never a label).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import torch
 from torch import Tensor
 
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from fapm.metrics import names
 from fapm.tracking import log_images
 from fapm.visualization.figures import memory_figure, sample_figure, save_figure
 
@@ -146,8 +147,7 @@ class ImageVisualizer(L.Callback):
         try:
             samples = self.chosen()
             if samples:
-                results: dict[str, Any] = getattr(pl_module, "test_results", {}) or {}
-                saved, captions = self._draw_samples(trainer, pl_module, samples, results, folder)
+                saved, captions = self._draw_samples(trainer, pl_module, samples, folder)
             if self.memory:
                 path = self._draw_memory(pl_module, folder)
                 if path is not None:
@@ -168,7 +168,6 @@ class ImageVisualizer(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         samples: Sequence[_Kept],
-        results: dict[str, Any],
         folder: Path,
     ) -> tuple[list[Path], list[str]]:
         images = torch.stack([s.image for s in samples])
@@ -177,9 +176,9 @@ class ImageVisualizer(L.Callback):
         mean = getattr(preprocess, "mean", IMAGENET_MEAN)
         std = getattr(preprocess, "std", IMAGENET_STD)
         shown = denormalize(images.float(), mean, std)
-        image_threshold = _finite(results.get(names.IMAGE_F1_THRESHOLD))
-        pixel_threshold = _finite(results.get(names.PIXEL_F1_THRESHOLD))
-        threshold = pixel_threshold if pixel_threshold is not None else image_threshold
+        stored = getattr(pl_module, "thresholds", None)
+        image_threshold = stored.select("image", "auto") if stored is not None else None
+        threshold = stored.select("pixel", "auto") if stored is not None else None
         value_range = (float(maps.min()), float(maps.max()))
         saved, captions = [], []
         for i, sample in enumerate(samples):

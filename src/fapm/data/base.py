@@ -6,6 +6,7 @@ Concrete datasets (MVTec, VisA, folder) only implement ``build_records()``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from fapm.data.errors import DataError
 from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
-from fapm.data.transforms import Preprocess
+from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 
 def _check_fraction(fraction: float) -> None:
@@ -50,7 +51,7 @@ class AnomalyDataModule(L.LightningDataModule):
     """Base data module. Subclasses implement ``build_records() -> (train, test)``.
 
     ``setup()`` builds and validates every record once (any stage) and raises a single
-    ``DataError`` on bad data. The training set is the normal images minus a seeded
+    ``DataError`` on bad data. ``mean``/``std`` normalise the images as the backbone expects. The training set is the normal images minus a seeded
     ``normal_holdout`` fraction, which forms the validation set.
     """
 
@@ -66,12 +67,14 @@ class AnomalyDataModule(L.LightningDataModule):
         num_workers: int = 0,
         normal_holdout: float = 0.0,
         seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         _check_fraction(normal_holdout)
         if train_batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
             raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
-        self.preprocess = Preprocess(image_size=image_size, crop_size=crop_size)
+        self.preprocess = Preprocess(image_size=image_size, crop_size=crop_size, mean=mean, std=std)
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fapm.data.base import AnomalyDataModule
+from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fapm.data.errors import DataError
 from fapm.data.image_io import list_images
 from fapm.data.records import GOOD, SampleRecord
@@ -64,8 +66,12 @@ class FolderDataModule(AnomalyDataModule):
         num_workers: int = 0,
         normal_holdout: float = 0.0,
         seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        super().__init__(image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed)
+        super().__init__(
+            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std
+        )
         self.save_hyperparameters()
         base = self.root = Path(root).expanduser() if root is not None else None
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from fapm.data.base import AnomalyDataModule
+from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fapm.data.errors import DataError
 from fapm.data.image_io import list_images
 from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
@@ -107,10 +109,14 @@ class MVTecDataModule(AnomalyDataModule):
         num_workers: int = 0,
         normal_holdout: float = 0.0,
         seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         generate_demo: bool = False,
         demo_seed: int = 0,
     ) -> None:
-        super().__init__(image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed)
+        super().__init__(
+            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std
+        )
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.category = category

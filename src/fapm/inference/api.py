@@ -7,9 +7,12 @@
     result.score, result.normalised_score, result.label, result.anomaly_map, result.mask
     results = model.predict(["a.png", "b.png"])        # a list / [B, 3, H, W] batch → a list
 
-Every input goes through the model file's own pre-processing (resize, centre crop,
-ImageNet normalisation); maps and masks come back at the input's original size. The
+Every input goes through the model file's own pre-processing (resize, centre crop, the
+backbone's normalisation); maps and masks come back at the input's original size. The
 region outside the centre crop is not inspected: its map is 0 and its mask False.
+
+Loading reads the model file as data (:mod:`fapm.model_file`) and rebuilds the plain-torch
+detector; neither Hydra nor Lightning is imported.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor
 from fapm.data.transforms import Preprocess
 from fapm.inference.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageInput, as_items, to_pil
 from fapm.inference.thresholds import Thresholds
-from fapm.model_file import load_module, save_model
+from fapm.model_file import ModelFile, load_detector, save_model
 from fapm.models.cuda_graph import GraphCache
 from fapm.types import AnomalyOutput
 
@@ -39,20 +42,21 @@ class PredictionResult:
 
     Attributes:
         score: raw image score (model units; higher = more anomalous).
-        normalised_score: ``score`` mapped to ``[0, 1]`` with the image threshold at 0.5.
-        label: True = defective (``score >= image_threshold``).
+        normalised_score: ``score`` mapped to ``[0, 1]`` with the image threshold at 0.5
+            (None when the model has no image threshold).
+        label: True = defective (``score >= image_threshold``); None without a threshold.
         anomaly_map: ``[H, W]`` float32 raw pixel scores at the original image size.
-        normalised_map: ``[H, W]`` float32 in ``[0, 1]``, pixel threshold at 0.5.
-        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold``.
+        normalised_map: ``[H, W]`` float32 in ``[0, 1]``, pixel threshold at 0.5 (None without one).
+        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold`` (None without a pixel threshold).
         path: the image file, when the input was a path.
     """
 
     score: float
-    normalised_score: float
-    label: bool
+    normalised_score: float | None
+    label: bool | None
     anomaly_map: np.ndarray
-    normalised_map: np.ndarray
-    mask: np.ndarray
+    normalised_map: np.ndarray | None
+    mask: np.ndarray | None
     path: str | None = None
 
     @property
@@ -88,13 +92,16 @@ def to_original_size(maps: Tensor, preprocess: Preprocess, size: tuple[int, int]
 
 
 class FAPM:
-    """A fitted memory-bank model loaded from its model file, ready to score images.
+    """A fitted model loaded from its model file, ready to score images.
 
     Args:
-        module: the rebuilt module (``module(images) -> AnomalyOutput``).
-        payload: the model file's contents (:func:`fapm.model_file.read_model_file`).
+        detector: the rebuilt plain-torch detector (``detector(images) -> AnomalyOutput``).
+        file: the validated model file (:func:`fapm.model_file.read_model_file`).
         device: where to score.
-        threshold: image threshold: ``auto | quantile | f1 | <number>``.
+        threshold: image threshold: ``auto | quantile | f1 | <number>``. ``auto`` is the
+            threshold chosen at fit time from held-out normal images; a model fitted without
+            a hold-out has none, and then no labels are given unless a number (or ``f1``, the
+            test set's F1-max threshold, fitted on the test set) is passed explicitly.
         pixel_threshold: pixel threshold, same choices.
         min_side: smallest accepted image side (pixels).
         max_pixels: largest accepted image (pixels).
@@ -105,8 +112,8 @@ class FAPM:
 
     def __init__(
         self,
-        module: torch.nn.Module,
-        payload: dict[str, Any],
+        detector: torch.nn.Module,
+        file: ModelFile,
         device: str | torch.device = "cpu",
         threshold: str | float = "auto",
         pixel_threshold: str | float = "auto",
@@ -115,15 +122,14 @@ class FAPM:
         cuda_graph: bool = False,
     ) -> None:
         self.device = resolve_device(device)
-        self.module = module.to(self.device).eval()
+        self.detector = detector.to(self.device).eval()
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {self.device}")
-        self._graphs = GraphCache(self.module) if cuda_graph else None
-        self.payload = payload
-        self.config = payload["config"]
-        self.facts: dict[str, Any] = dict(payload.get("facts") or {})
-        self.thresholds = Thresholds.from_dict(payload.get("thresholds"))
-        self.preprocess = self._preprocess(payload)
+        self._graphs = GraphCache(self.detector) if cuda_graph else None
+        self.file = file
+        self.facts: dict[str, Any] = dict(file.facts)
+        self.thresholds = Thresholds.from_dict(file.thresholds)
+        self.preprocess = Preprocess.from_dict(file.preprocess)
         self.image_threshold = self.thresholds.select("image", threshold)
         self.pixel_threshold = self.thresholds.select("pixel", pixel_threshold)
         self.min_side = int(min_side)
@@ -136,41 +142,44 @@ class FAPM:
         device: str | torch.device = "cpu",
         threshold: str | float = "auto",
         pixel_threshold: str | float = "auto",
-        overrides: dict[str, Any] | None = None,
         cuda_graph: bool = False,
         **limits: int,
     ) -> FAPM:
-        """Load a model file (``torch.load(weights_only=True)``; see :mod:`fapm.model_file`).
+        """Load a model file (data only: see :mod:`fapm.model_file`).
 
         Args:
-            path: the ``model.pt`` of a training run.
+            path: the ``model.safetensors`` of a training run.
             device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
-            threshold: image threshold ``auto | quantile | f1 | <number>`` (auto: the
-                held-out quantile when the file has one, else the F1-max one).
+            threshold: image threshold ``auto | quantile | f1 | <number>`` (see the class).
             pixel_threshold: the same for the pixel mask.
-            overrides: config merged into the stored (resolved) one, e.g.
-                ``{"model": {"module": {"detector": {"search": {"backend": "faiss"}}}}}``.
             cuda_graph: replay the scoring pass as a CUDA graph (CUDA devices only).
             **limits: ``min_side`` / ``max_pixels`` (see :mod:`fapm.inference.images`).
-        """
-        module, payload = load_module(path, overrides)
-        return cls(module, payload, device, threshold, pixel_threshold, cuda_graph=cuda_graph, **limits)
 
-    @staticmethod
-    def _preprocess(payload: dict[str, Any]) -> Preprocess:
-        stored = payload.get("preprocess")
-        if stored:
-            return Preprocess.from_dict(stored)
-        data = payload["config"].get("data") or {}  # format-1 files: the data config has it
-        return Preprocess(image_size=data.get("image_size", 256), crop_size=data.get("crop_size", 224))
+        Raises:
+            ModelFileError: the file is missing, corrupt, tampered or not a model file.
+            ThresholdError: a threshold asked for that the file does not hold.
+        """
+        detector, file = load_detector(path)
+        return cls(detector, file, device, threshold, pixel_threshold, cuda_graph=cuda_graph, **limits)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when an image threshold is set (results carry labels)."""
+        return self.image_threshold is not None
 
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
     def score(self, images: Tensor) -> AnomalyOutput:
         """Raw scores of pre-processed ``images [B, 3, S, S]`` (maps ``[B, S, S]``, not resized)."""
+        side = self.preprocess.output_size
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (side, side):
+            raise ValueError(
+                f"score() takes pre-processed images [B, 3, {side}, {side}], got {list(images.shape)}; "
+                "use predict() for images of any size"
+            )
         images = images.to(self.device)
         if self._graphs is None:
-            return self.module(images)
+            return self.detector(images)
         out = self._graphs(images)  # static graph outputs: copy them before the next replay
         return AnomalyOutput(out.image_scores.clone(), out.anomaly_maps.clone())
 
@@ -218,24 +227,29 @@ class FAPM:
     def _result(self, score: Tensor, patch_map: Tensor, size: tuple[int, int], path: str | None) -> PredictionResult:
         raw = to_original_size(patch_map.unsqueeze(0).float(), self.preprocess, size)[0]
         value = float(score)
-        normalised = float(self.thresholds.normalise("image", score.float().cpu(), self.image_threshold))
+        labelled = self.image_threshold is not None
+        masked = self.pixel_threshold is not None
         return PredictionResult(
             score=value,
-            normalised_score=normalised,
-            label=value >= self.image_threshold,
+            normalised_score=(
+                float(self.thresholds.normalise("image", score.float().cpu(), self.image_threshold)) if labelled else None
+            ),
+            label=value >= self.image_threshold if labelled else None,
             anomaly_map=raw.cpu().numpy(),
-            normalised_map=self.thresholds.normalise("pixel", raw, self.pixel_threshold).cpu().numpy(),
-            mask=(raw >= self.pixel_threshold).cpu().numpy(),
+            normalised_map=(
+                self.thresholds.normalise("pixel", raw, self.pixel_threshold).cpu().numpy() if masked else None
+            ),
+            mask=(raw >= self.pixel_threshold).cpu().numpy() if masked else None,
             path=path,
         )
 
     # ------------------------------------------------------------------ saving, export
     def save(self, path: str | Path, include_backbone: bool = False) -> Path:
         """Write this model to a new model file (e.g. with the backbone included, for deployment)."""
-        p = self.payload
+        f = self.file
         return save_model(
-            path, self.module, p["config"], meta=p.get("meta"), include_backbone=include_backbone,
-            thresholds=p.get("thresholds"), preprocess=self.preprocess.to_dict(), facts=self.facts,
+            path, self.detector.cpu(), f.model, f.backbone, f.preprocess, data=f.data, thresholds=f.thresholds,
+            facts=f.facts, meta=f.meta, include_backbone=include_backbone,
         )
 
     def export(self, path: str | Path) -> Path:
@@ -245,5 +259,6 @@ class FAPM:
         return export_torchscript(self, path)
 
     def __repr__(self) -> str:
-        facts = ", ".join(f"{k}={v}" for k, v in self.facts.items())
-        return f"FAPM({facts}, device={self.device}, image_threshold={self.image_threshold:.4g})"
+        facts = ", ".join(f"{k}={self.facts[k]}" for k in ("model", "backbone", "layers", "grid", "weights") if k in self.facts)
+        threshold = "none" if self.image_threshold is None else f"{self.image_threshold:.4g}"
+        return f"FAPM({facts}, device={self.device}, image_threshold={threshold})"

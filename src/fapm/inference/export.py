@@ -119,9 +119,7 @@ def export_torchscript(
         ExportError: the graph does not reproduce the eager model.
     """
     side = model.preprocess.output_size
-    # The plain-torch detector, not the LightningModule (which tracing cannot inspect without a Trainer).
-    detector = getattr(model.module, "detector", model.module)
-    graph = ScoringGraph(detector, model.preprocess.mean, model.preprocess.std).to(model.device).eval()
+    graph = ScoringGraph(model.detector, model.preprocess.mean, model.preprocess.std).to(model.device).eval()
     generator = torch.Generator().manual_seed(seed)
 
     def example(batch: int) -> Tensor:

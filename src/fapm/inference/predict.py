@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -152,7 +153,7 @@ def _result_row(result: PredictionResult, overlay_name: str | None, mask_name: s
         "path": result.path,
         "score": result.score,
         "normalised_score": result.normalised_score,
-        "label": bool(result.label),
+        "label": None if result.label is None else bool(result.label),
         "width": width,
         "height": height,
         "overlay": overlay_name,
@@ -237,13 +238,14 @@ def predict_files(
                 overlay_name = mask_name = None
                 if write_overlays:
                     overlay_name = str(Path("overlays") / name)
-                    _save_png(overlay(image, result.normalised_map, alpha), out / overlay_name)
-                if write_masks:
+                    shown = result.normalised_map if result.normalised_map is not None else _spread(result.anomaly_map)
+                    _save_png(overlay(image, shown, alpha), out / overlay_name)
+                if write_masks and result.mask is not None:
                     mask_name = str(Path("masks") / name)
                     _save_png(mask_image(result.mask), out / mask_name)
                 writer.write(_result_row(result, overlay_name, mask_name))
                 summary.scored += 1
-                summary.defective += int(result.label)
+                summary.defective += int(bool(result.label))
             bar.update(len(batch))
             writer.flush()
         for path, error in errors:  # failures after the last full batch
@@ -258,6 +260,12 @@ def predict_files(
         summary.message = f"none of the {summary.failed} input file(s) could be scored (see {writer.csv_path})"
     (out / SUMMARY_JSON).write_text(json.dumps({**asdict(summary), "exit_code": summary.exit_code}, indent=2))
     return summary
+
+
+def _spread(values: "np.ndarray") -> "np.ndarray":
+    """A map scaled to [0, 1] by its own range (overlays of a model without a pixel threshold)."""
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else values * 0.0
 
 
 def _save_png(image: Image.Image, path: Path) -> None:

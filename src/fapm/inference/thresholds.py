@@ -3,9 +3,14 @@
 Two kinds of threshold per level (image score, anomaly-map pixel):
 
 * ``quantile`` — from normal images only: the ``q``-quantile of the held-out normal images'
-  image scores (image level) or of all their map pixels (pixel level).
+  image scores (image level) or of all their map pixels (pixel level). This is THE threshold:
+  figures, ``metrics.json``, ``predict.py`` and the API all label with it (``auto``).
 * ``f1`` — when the test set has labels (and masks): the F1-max thresholds of the test
-  metrics (:mod:`fapm.metrics.names`).
+  metrics (:mod:`fapm.metrics.names`). Fitted on the test set, so it is reported as a metric
+  and used for labels only when asked for explicitly (``threshold=f1``).
+
+A model fitted without held-out normal images (``data.normal_holdout=0``) has no quantile
+threshold: it gives scores and maps but no labels, unless a threshold is passed.
 
 Normalisation (anomalib's min–max style) maps the chosen threshold ``t`` to 0.5::
 
@@ -85,19 +90,19 @@ class Thresholds:
             raise ValueError(f"threshold level must be one of {LEVELS}, got {level!r}")
         return self.image if level == "image" else self.pixel
 
-    def select(self, level: str, choice: str | float | int = "auto") -> float:
+    def select(self, level: str, choice: str | float | int = "auto") -> float | None:
         """The threshold of ``level`` for a setting ``auto | quantile | f1 | <number>``.
 
-        ``auto`` takes the quantile threshold when there is one, else the F1 one.
+        ``auto`` is the quantile threshold, or None when the model has none (no labels: the
+        test set's F1 threshold is never taken silently).
         """
         value = parse_choice(choice)
         if isinstance(value, float):
             return value
         stored = self.level(level)
         if value == "auto":
-            found = stored.quantile if stored.quantile is not None else stored.f1
-        else:
-            found = getattr(stored, value)
+            return stored.quantile
+        found = getattr(stored, value)
         if found is None:
             raise ThresholdError(
                 f"the model file has no {level} threshold of kind {value!r} (has: {self.available(level) or 'none'}). "

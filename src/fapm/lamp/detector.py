@@ -14,6 +14,7 @@ blurred with the same Gaussian as FAPM's maps (σ = 4, :func:`fapm.models.scorin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +23,6 @@ from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fapm.lamp.autoencoder import ConvAutoencoder
 from fapm.models.scoring import gaussian_blur
 from fapm.types import AnomalyOutput
-
-
 
 
 class LampDetector(nn.Module):
@@ -69,3 +68,17 @@ class LampDetector(nn.Module):
     def forward(self, images: Tensor) -> AnomalyOutput:
         """Normalised images ``[B, C, H, W]`` → :class:`AnomalyOutput`."""
         return self.score(*self.reconstruct(images))
+
+    def facts(self) -> dict[str, Any]:
+        """What the network is (for ``metrics.json`` and model files)."""
+        ae = self.autoencoder
+        return {
+            "model_family": "lamp",
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "recalibration": getattr(ae, "recalibration", "none"),
+            "recalibration_scales": list(getattr(ae, "scales", None) or []),
+            "depth": getattr(ae, "depth", None),
+            "channels": list(getattr(ae, "channels", [])),
+            "patches_per_side": getattr(ae, "patches_per_side", 1),
+            "blur_sigma": self.blur_sigma,
+        }

@@ -1,7 +1,7 @@
 """Shared test-time glue for every anomaly detector: timing, metrics, facts.
 
-Subclasses implement ``forward(images) -> AnomalyOutput`` (and whatever training they
-need); this class scores the test set, updates the metrics and measures speed.
+The module wraps a plain-torch detector (``detector(images) -> AnomalyOutput``); subclasses
+add whatever fitting they need. Used as is, it tests an already fitted detector (``eval.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from torch import nn
+
 from fapm.metrics import AnomalyMetrics
 from fapm.types import AnomalyOutput
 
@@ -23,23 +25,30 @@ class AnomalyModule(L.LightningModule):
     """Base LightningModule: ``test_step`` scores a batch, times it and updates the metrics.
 
     Args:
+        detector: the plain-torch detector (``images [B, 3, H, W] → AnomalyOutput``).
+        name: the model's name for reports (``fapm``, ``patchcore``, ``lamp``…).
         timing_warmup: test batches whose latency is not counted (first calls pay for
             allocator warm-up, lazy initialisation and caches).
     """
 
-    def __init__(self, timing_warmup: int = 2) -> None:
+    def __init__(self, detector: nn.Module, name: str = "model", timing_warmup: int = 2) -> None:
         super().__init__()
+        self.detector = detector
+        self.name = name
         self.timing_warmup = timing_warmup
         self.metrics = AnomalyMetrics()
+        #: Decision thresholds chosen at fit time (:class:`fapm.inference.thresholds.Thresholds`),
+        #: set by the pipeline before testing; figures label with them.
+        self.thresholds: Any = None
         self.test_results: dict[str, Any] = {}
         self._batch_seconds: list[float] = []
         self._batch_sizes: list[int] = []
         self._seen_batches = 0
 
     # ------------------------------------------------------------------ scoring
-    def forward(self, images: Tensor) -> AnomalyOutput:  # pragma: no cover - abstract
+    def forward(self, images: Tensor) -> AnomalyOutput:
         """Score ``images [B, 3, H, W]`` → :class:`AnomalyOutput`."""
-        raise NotImplementedError
+        return self.detector(images)
 
     def _timed_forward(self, images: Tensor) -> tuple[AnomalyOutput, float]:
         """Run ``forward`` and return its wall time; CUDA work is synchronised around it."""
@@ -100,5 +109,6 @@ class AnomalyModule(L.LightningModule):
         }
 
     def facts(self) -> dict[str, Any]:
-        """Model facts for ``metrics.json`` and the run summary (subclasses extend)."""
-        return {}
+        """Model facts for ``metrics.json`` and the run summary (the detector's, plus the name)."""
+        facts = self.detector.facts() if hasattr(self.detector, "facts") else {}
+        return {"model": self.name, **facts}

@@ -18,7 +18,6 @@ from torch.optim import Optimizer
 from fapm.lamp.detector import LampDetector
 from fapm.lamp.loss import ReconstructionLoss
 from fapm.lightning.base import AnomalyModule
-from fapm.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +63,9 @@ class LampModule(AnomalyModule):
         restore_best: bool = True,
         timing_warmup: int = 2,
     ) -> None:
-        super().__init__(timing_warmup=timing_warmup)
-        self.name = name
+        super().__init__(detector, name=name, timing_warmup=timing_warmup)
         self.restore_best = restore_best
         self.restored_checkpoint: str | None = None
-        self.detector = detector
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -77,11 +74,6 @@ class LampModule(AnomalyModule):
         self.epoch_base_losses: list[float] = []
         self.val_losses: list[float] = []
         self._sums = torch.zeros(3, dtype=torch.float64)  # objective·n, base·n, n
-
-    # ------------------------------------------------------------------ scoring
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        """Normalised images ``[B, 3, H, W]`` → scores ``[B]`` and maps ``[B, H, W]``."""
-        return self.detector(images)
 
     # ------------------------------------------------------------------ training
     def _losses(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,25 +149,16 @@ class LampModule(AnomalyModule):
 
     # ------------------------------------------------------------------ facts
     def facts(self) -> dict[str, Any]:
-        """Model facts for ``metrics.json``: size, loss, recalibration, optimiser, loss history."""
-        ae = self.detector.autoencoder
+        """Model facts for ``metrics.json``: the detector's, plus loss, optimiser and loss history."""
         optimizer = self.optimizer_factory
         facts: dict[str, Any] = {
-            "model": self.name,
-            "model_family": "lamp",
-            "parameters": sum(p.numel() for p in self.detector.parameters()),
+            **super().facts(),
             "base_loss": self.loss.base,
             "lamp": self.loss.lamp,
             "lamp_epsilon": self.loss.epsilon,
             "lamp_max_over": self.loss.max_over,
             "lamp_detach_max": self.loss.detach_max,
             "loss_reduction": self.loss.reduction,
-            "recalibration": getattr(ae, "recalibration", "none"),
-            "recalibration_scales": list(getattr(ae, "scales", None) or []),
-            "depth": getattr(ae, "depth", None),
-            "channels": list(getattr(ae, "channels", [])),
-            "patches_per_side": getattr(ae, "patches_per_side", 1),
-            "blur_sigma": self.detector.blur_sigma,
             "optimizer": getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__),
             "optimizer_args": dict(getattr(optimizer, "keywords", {}) or {}),
             "epochs_trained": len(self.epoch_losses),

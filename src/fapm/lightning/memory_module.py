@@ -10,13 +10,11 @@ import functools
 import logging
 from typing import Any, Callable
 
-from torch import Tensor
 from tqdm import tqdm
 
 from fapm.lightning.base import AnomalyModule
 from fapm.models.build_report import BuildReport
 from fapm.models.detector import MemoryDetector
-from fapm.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +28,12 @@ class MemoryBankModule(AnomalyModule):
         timing_warmup: test batches not counted in the latency.
     """
 
+    detector: MemoryDetector
+
     def __init__(self, detector: MemoryDetector, name: str = "fapm", timing_warmup: int = 2) -> None:
-        super().__init__(timing_warmup=timing_warmup)
-        self.detector = detector
-        self.name = name
+        super().__init__(detector, name=name, timing_warmup=timing_warmup)
         self.automatic_optimization = False
         self.build_report: BuildReport | None = None
-
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        return self.detector(images)
 
     def configure_optimizers(self) -> None:
         return None
@@ -89,27 +84,6 @@ class MemoryBankModule(AnomalyModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fitted"] = self.detector.fitted
-
-    def facts(self) -> dict[str, Any]:
-        det = self.detector
-        facts: dict[str, Any] = {
-            "model": self.name,
-            "backbone": det.extractor.name,
-            "layers": list(det.extractor.layers),
-            "weights": str(det.extractor.weight_source),
-            "random_weights": det.extractor.weight_source.is_random,
-            "grid": list(det.grid),
-            "k": det.k,
-        }
-        if det.fitted:
-            facts["memory_vectors"] = det.memory_vectors()
-            facts["memory_bytes"] = det.memory_bytes()
-            facts["memory_sizes"] = {n: m.sizes() for n, m in zip(det.stream_names, det.memories)}
-            facts["enlarged_regions"] = {n: int(m.enlarged.sum()) for n, m in zip(det.stream_names, det.memories)}
-            facts["d_max"] = {
-                n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in zip(det.stream_names, det.memories)
-            }
-        return facts
 
 
 def _describe(values: list[float]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -118,6 +118,27 @@ class MemoryDetector(nn.Module):
 
     def memory_vectors(self) -> int:
         return sum(int(m.lengths.sum()) for m in self.memories)
+
+    def facts(self) -> dict[str, Any]:
+        """What the detector is and what its memory holds (for ``metrics.json`` and model files)."""
+        facts: dict[str, Any] = {
+            "backbone": self.extractor.name,
+            "layers": list(self.extractor.layers),
+            "weights": str(self.extractor.weight_source),
+            "random_weights": self.extractor.weight_source.is_random,
+            "grid": list(self.grid),
+            "k": self.k,
+        }
+        if self.fitted:
+            facts["k_effective"] = self.effective_k()
+            facts["memory_vectors"] = self.memory_vectors()
+            facts["memory_bytes"] = self.memory_bytes()
+            facts["memory_sizes"] = {n: m.sizes() for n, m in zip(self.stream_names, self.memories)}
+            facts["enlarged_regions"] = {n: int(m.enlarged.sum()) for n, m in zip(self.stream_names, self.memories)}
+            facts["d_max"] = {
+                n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in zip(self.stream_names, self.memories)
+            }
+        return facts
 
     def memory_bytes(self) -> int:
         """Bytes of stored (non-padding) memory vectors."""

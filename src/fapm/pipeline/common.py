@@ -12,13 +12,17 @@ from typing import Any
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from fapm.errors import FapmError
+from fapm.fileio import write_text_atomically
 from fapm.metrics import names
 from fapm.reporting.runs import METRICS_FILE  # the run-folder layout is owned by its reader
+from fapm.settings import ConfigError, RunSettings, parse_run
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -42,19 +46,42 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, list[Any]]:
 
 
 def output_dir(cfg: DictConfig) -> Path:
+    """The run folder, created; :class:`OutputDirError` naming it when it cannot be written."""
     path = Path(cfg.paths.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirError(f"cannot write to the output folder {path}: {err.strerror or err}") from err
     return path
 
 
-def plain_config(cfg: DictConfig, keys: tuple[str, ...] = ("data", "backbone", "model", "seed")) -> DictConfig:
-    """The part of a run's config that defines the model and its data, resolved."""
-    picked = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-        for k in keys
-        if k in cfg and cfg[k] is not None
-    }
-    return OmegaConf.create(picked)
+class OutputDirError(FapmError, OSError):
+    """The run's output folder cannot be created or written."""
+
+    hint = "choose another folder (paths.output_dir / hydra.run.dir) or fix its permissions"
+
+
+def validated_settings(cfg: DictConfig, groups: tuple[str, ...] = ("model", "backbone", "data", "thresholds")) -> RunSettings:
+    """Resolve and validate the run's model, backbone, data and threshold settings (nothing is built).
+
+    Raises:
+        ConfigError: every invalid, missing or unknown key, named.
+    """
+    plain: dict[str, Any] = {"seed": cfg.get("seed", 0)}
+    problems: list[str] = []
+    for group in groups:
+        try:
+            node = cfg.get(group)
+            plain[group] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        except OmegaConfBaseException as err:  # an interpolation that cannot be resolved
+            key = getattr(err, "full_key", None) or group
+            problems.append(f"{key}: {getattr(err, 'msg', None) or err}")
+    if problems:
+        raise ConfigError(problems)
+    return parse_run(plain)
 
 
 def log_hyperparameters(cfg: DictConfig, loggers: list[Any]) -> None:
@@ -73,12 +100,9 @@ def finite_or_none(value: Any) -> Any:
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` atomically (NaN → null)."""
+    """Write ``metrics.json`` atomically (NaN → null); nothing half-written is left on failure."""
     clean = {k: finite_or_none(v) for k, v in metrics.items()}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(path, json.dumps(clean, indent=2, sort_keys=False, default=str))
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -103,8 +127,11 @@ def summary(metrics: dict[str, Any], title: str) -> str:
         ("latency (ms/img)", metrics.get("latency_ms")),
         ("fit seconds", metrics.get("fit_seconds")),
         ("memory vectors", metrics.get("memory_vectors")),
+        ("k (effective)", metrics.get("k_effective")),
         ("enlarged regions", metrics.get("enlarged_regions")),
         ("test images", metrics.get("test_images")),
+        ("image threshold", metrics.get("threshold/image_quantile")),
+        ("model file", metrics.get("model_file")),
         ("output", metrics.get("output_dir")),
     ]
     for label, value in rows:

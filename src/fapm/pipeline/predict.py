@@ -33,10 +33,19 @@ def predict(cfg: DictConfig) -> PredictSummary:
         alpha=cfg.overlay_alpha,
         progress=cfg.progress,
     )
+    if model.has_labels:
+        decided = (
+            f"{summary.defective} defective; image threshold {model.image_threshold:.4g}, pixel threshold "
+            + ("none" if model.pixel_threshold is None else f"{model.pixel_threshold:.4g}")
+        )
+    else:
+        decided = (
+            "no labels: the model has no threshold from held-out normal images (trained with "
+            "data.normal_holdout=0); pass threshold=<number>, or threshold=f1 for the test set's F1-max threshold"
+        )
     print(
-        f"predict: {summary.scored} scored ({summary.defective} defective), {summary.failed} failed "
-        f"in {summary.seconds:.1f} s; image threshold {model.image_threshold:.4g}, pixel threshold "
-        f"{model.pixel_threshold:.4g}\n  results: {summary.files['results_csv']}"
+        f"predict: {summary.scored} scored, {summary.failed} failed in {summary.seconds:.1f} s; {decided}\n"
+        f"  results: {summary.files['results_csv']}"
     )
     if summary.message:
         print(f"  {summary.message}")

@@ -1,17 +1,35 @@
-"""``train(cfg)``: fit a detector, test it, save the model file and ``metrics.json``."""
+"""``train(cfg)``: validate, fit a detector, save it, decide thresholds, test it, write ``metrics.json``.
+
+Order matters, for the user's time and for never losing a fit:
+
+1. every config value is validated (:mod:`fapm.settings`) and the data layout is listed and
+   checked, before the backbone is built;
+2. the fit builds the memory (or trains LAMP);
+3. the model file is written as soon as the fit ends (atomically), and rewritten after each
+   later stage adds to it (thresholds from held-out normal images, then the test set's F1
+   thresholds as metrics);
+4. the test set is scored.
+
+A failure at any stage, Ctrl-C included, leaves ``metrics.json`` with ``"status": "failed"``,
+the stage, the reason and, once the fit is done, the usable model file; the exception is
+re-raised (a single run exits non-zero; in a multirun the launcher records the failure and
+goes on).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from fapm.inference.thresholds import holdout_thresholds
+from fapm.builders import build_datamodule, build_module
+from fapm.inference.thresholds import Thresholds, holdout_thresholds
 from fapm.model_file import save_model
 from fapm.pipeline.common import (
     METRICS_FILE,
@@ -19,76 +37,139 @@ from fapm.pipeline.common import (
     build_trainer,
     log_hyperparameters,
     output_dir,
-    plain_config,
     summary,
+    validated_settings,
     write_metrics,
 )
 from fapm.reporting.runs import STATUS_KEY, STATUS_OK, config_facts, describe_error, failure_metrics
+from fapm.settings import LampSettings, RunSettings
 from fapm.tracking import close_loggers, log_metrics_table
 
 log = logging.getLogger(__name__)
 
 
-def run_facts(cfg: DictConfig, module: Any, datamodule: Any) -> dict[str, Any]:
+@dataclass
+class _Progress:
+    """How far a run got: what its failure record must say."""
+
+    stage: str = "set-up"
+    model_file: Path | None = None
+
+
+def run_facts(module: Any, datamodule: Any) -> dict[str, Any]:
     """Facts every metrics file carries, whatever the model."""
-    facts: dict[str, Any] = {"category": getattr(datamodule, "category", None), "model": cfg.model.get("name")}
+    facts: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
     facts.update(module.facts())
     return facts
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test, save; returns the metrics written to ``metrics.json`` (``"status": "ok"``).
+    """Validate, fit, save, threshold, test; returns the metrics written to ``metrics.json``.
 
-    A run that raises still leaves a ``metrics.json``, with ``"status": "failed"`` and
-    ``"error": "<Type>: <message>"``, and the exception is re-raised: a single run exits
-    non-zero; in a Hydra multirun the launcher records the failure and runs the remaining
-    jobs, and the sweep raises it (exit status 1) once they are done. Loggers are closed
-    either way (a W&B run is finished, so the next job of a multirun gets its own).
+    Raises:
+        ConfigError, DataError, BackboneError…: bad settings or data, before any long work.
     """
     out = output_dir(cfg)
     loggers: list[Any] = []
+    progress = _Progress()
     try:
-        metrics = _fit_and_test(cfg, out, loggers)
-    except Exception as error:
-        write_metrics(out / METRICS_FILE, failure_metrics(error, {**config_facts(cfg), "output_dir": str(out)}))
-        log.error("run failed: %s (recorded in %s)", describe_error(error), out / METRICS_FILE)
+        metrics = _fit_and_test(cfg, out, loggers, progress)
+    except BaseException as error:  # Ctrl-C too: Lightning turns it into SystemExit during fit/test
+        _record_failure(cfg, out, error, progress)
         close_loggers(loggers, failed=True)
         raise
     close_loggers(loggers)
     return metrics
 
 
-def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any]) -> dict[str, Any]:
-    """The run itself; the loggers it builds are appended to ``loggers`` for the caller to close."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model.module)
+def _record_failure(cfg: DictConfig, out: Path, error: BaseException, progress: _Progress) -> None:
+    """Write ``metrics.json`` with ``status: failed``; a second failure never hides the first."""
+    if isinstance(error, SystemExit) and error.code in (0, None):
+        return
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    facts: dict[str, Any] = {**config_facts(cfg), "output_dir": str(out), "failed_stage": progress.stage}
+    if progress.model_file is not None:
+        facts["model_file"] = str(progress.model_file)
+    record = failure_metrics(error, facts)
+    if interrupted:
+        record["error"] = f"interrupted during {progress.stage}"
+    try:
+        write_metrics(out / METRICS_FILE, record)
+    except OSError as err:
+        print(f"fapm: could not write {out / METRICS_FILE} either ({err.strerror or err})", file=sys.stderr)
+    saved = f"; the fitted model is saved in {progress.model_file}" if progress.model_file else ""
+    log.error("run failed during %s: %s%s", progress.stage, record["error"] if interrupted else describe_error(error), saved)
+
+
+def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Progress) -> dict[str, Any]:
+    settings = validated_settings(cfg)  # every value checked before any work
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(settings.data)
+    progress.stage = "data set-up"
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # lists and checks every file before the backbone is built
+    progress.stage = "model set-up"
+    module = _build_module(cfg, settings)
     trainer, built = build_trainer(cfg)
     loggers.extend(built)
     log_hyperparameters(cfg, loggers)
 
+    progress.stage = "fit"
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
+    metrics: dict[str, Any] = {**run_facts(module, datamodule), "fit_seconds": fit_seconds, "output_dir": str(out)}
 
-    metrics: dict[str, Any] = run_facts(cfg, module, datamodule)
-    metrics["fit_seconds"] = fit_seconds
-    metrics["output_dir"] = str(out)
-    # Decision thresholds (docs/predict.md): quantiles of the held-out normals, F1-max on the test set.
-    thresholds = holdout_thresholds(module, datamodule, **cfg.get("thresholds", {}))
+    def save(thresholds: Thresholds) -> None:
+        if not cfg.get("save_model", True):
+            return
+        progress.model_file = save_model(
+            out / MODEL_FILE, module.detector, settings.model,
+            None if isinstance(settings.model, LampSettings) else settings.backbone,
+            datamodule.preprocess.to_dict(), data=settings.data, thresholds=thresholds.to_dict(),
+            facts=module.facts(), meta={"fit_seconds": fit_seconds},
+            include_backbone=bool(cfg.get("save_backbone", False)),
+        )
+        metrics["model_file"] = str(progress.model_file)
+
+    progress.stage = "save"
+    save(Thresholds())  # the fit is never lost, whatever happens next
+    progress.stage = "thresholds"
+    thresholds = holdout_thresholds(
+        module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile
+    )
+    if thresholds.n_normal == 0:
+        log.warning(
+            "no held-out normal images (data.normal_holdout=0): the model has no decision threshold, so "
+            "predictions carry scores and maps but no labels (set data.normal_holdout > 0, or give "
+            "predict a threshold)"
+        )
+    save(thresholds)
+    module.thresholds = thresholds
     if cfg.get("test", True):
+        progress.stage = "test"
         trainer.test(module, datamodule=datamodule)
         metrics.update(module.test_results)
         thresholds = thresholds.with_test_results(module.test_results)
+        save(thresholds)
     metrics.update(thresholds.as_metrics())
-    if cfg.get("save_model", True):
-        meta = {"facts": {k: v for k, v in metrics.items() if isinstance(v, (str, int, float, bool))}}
-        metrics["model_file"] = str(save_model(
-            out / MODEL_FILE, module, plain_config(cfg), meta=meta, thresholds=thresholds.to_dict(),
-            preprocess=datamodule.preprocess.to_dict(), include_backbone=cfg.get("save_backbone", False),
-        ))
     metrics[STATUS_KEY] = STATUS_OK
+    progress.stage = "report"
     write_metrics(out / METRICS_FILE, metrics)
     log_metrics_table(loggers, metrics, out, step=trainer.global_step)
     print(summary(metrics, f"train {metrics.get('model')} on {metrics.get('category')}"))
     return metrics
+
+
+def _build_module(cfg: DictConfig, settings: RunSettings) -> Any:
+    """The LightningModule; LAMP's optimiser and scheduler come from the user's own config nodes."""
+    optimizer = scheduler = None
+    if isinstance(settings.model, LampSettings):
+        import hydra
+
+        optimizer = hydra.utils.instantiate(cfg.model.optimizer)
+        scheduler = hydra.utils.instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None
+    return build_module(
+        settings.model, settings.backbone, settings.data.mean, settings.data.std, settings.seed,
+        optimizer=optimizer, scheduler=scheduler,
+    )
