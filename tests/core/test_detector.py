@@ -4,13 +4,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fapm.builders import build_memory_detector
 from fapm.models.adaptive import AdaptiveCoreset
 from fapm.models.detector import MemoryDetector
 from fapm.models.features import FeatureExtractor
 from fapm.models.patch_memory import split_regions
-from fapm.models.scoring import PatchCoreWeightedScore
+from fapm.models.scoring import PatchCoreWeightedScore, gaussian_blur
 from fapm.models.streams import ConcatLayers
 from fapm.pipeline.common import validated_settings
 from tests.conftest import compose_config
@@ -56,31 +57,47 @@ def test_variants_differ_only_in_a_few_keys(tmp_path) -> None:
         assert 1 <= len(changed) <= 7, (variant, changed)
 
 
-def test_fapm_path_with_patchcore_settings_equals_patchcore(tmp_path, images) -> None:
-    patchcore = fit(build("patchcore", tmp_path), images)
-    fapm_as_pc = fit(
-        build(
-            "fapm",
-            tmp_path,
-            ["model.grid=[1,1]", "model.fusion=concat", "model.adaptive=false", "model.projection_dim=128",
-             "model.k=1", "model.image_score=patchcore"],
-        ),
-        images,
-    )
-    assert torch.equal(patchcore.memories[0].memory, fapm_as_pc.memories[0].memory)
+def test_patchcore_config_matches_a_direct_patchcore_computation(tmp_path, images) -> None:
+    """``model=patchcore`` through the shared code path equals PatchCore written out directly:
+    layer3 resized bilinearly onto layer2's grid and concatenated, nearest distance to the one
+    global memory (float64 cdist), bilinear resize to the input, Gaussian blur."""
+    det = fit(build("patchcore", tmp_path), images)
+    assert det.grid == (1, 1) and len(det.memories) == 1
     test = images[:3] + 0.5
-    a, b = patchcore(test), fapm_as_pc(test)
-    assert torch.equal(a.image_scores, b.image_scores)
-    assert torch.equal(a.anomaly_maps, b.anomaly_maps)
+    with torch.no_grad():
+        out = det(test)
+        feats = det.extractor(test)
+    l2, l3 = feats["layer2"], feats["layer3"]
+    l3_up = F.interpolate(l3, size=l2.shape[-2:], mode="bilinear", align_corners=False)
+    concat = torch.cat([l2, l3_up], 1).permute(0, 2, 3, 1)  # [B, h, w, C]
+    memory = det.memories[0].memory[0, : int(det.memories[0].lengths[0])].double()
+    assert memory.shape[0] == math.ceil(0.1 * 8 * l2.shape[-1] * l2.shape[-2])  # 10 % of every position
+    patch = torch.cdist(concat.reshape(-1, concat.shape[-1]).double(), memory).min(1).values
+    patch = patch.view(3, 1, *l2.shape[-2:]).float()
+    expected = gaussian_blur(F.interpolate(patch, size=(112, 112), mode="bilinear", align_corners=False)[:, 0], 4.0)
+    torch.testing.assert_close(out.anomaly_maps, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_full_memory_scores_training_images_zero(tmp_path, images, variant) -> None:
-    det = fit(build(variant, tmp_path, ["model.coreset_ratio=1.0", "model.grid=[1,1]"]), images)
+    """Each variant's own grid and streams with every vector kept: a training vector is in its region's memory."""
+    det = fit(build(variant, tmp_path, ["model.coreset_ratio=1.0"]), images)
     out = det(images[:3])
     assert float(out.image_scores.abs().max()) == 0.0
     assert float(out.anomaly_maps.abs().max()) == 0.0
     assert float(det(images[:3] + 1.0).image_scores.min()) > 0  # and other images do not
+
+
+def test_adaptive_enlargement_reaches_the_scoring_path(tmp_path, images) -> None:
+    """Half the vectors per region, doubled by the adaptive rule: enlarged regions hold everything."""
+    base = ["model.coreset_ratio=0.5", "model.adaptive_factor=2.0", "model.threshold_mode=absolute"]
+    every = fit(build("fapm", tmp_path, [*base, "model.d_th=0.0"]), images)
+    none = fit(build("fapm", tmp_path, [*base, "model.d_th=1.0"]), images)
+    for memory in every.memories:
+        assert bool(memory.enlarged.all()) and bool((memory.lengths == memory.lengths.max()).all())
+    assert all(not bool(m.enlarged.any()) for m in none.memories)
+    assert float(every(images[:3]).anomaly_maps.abs().max()) == 0.0  # all regions full: training scores 0
+    assert float(none(images[:3]).image_scores.min()) > 0  # half memories: some training vectors left out
 
 
 def test_layerwise_vs_concatenated_distances(extractor, images) -> None:

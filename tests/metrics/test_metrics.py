@@ -23,7 +23,7 @@ from fapm.metrics import (
     pixel_sweep,
     pro_curve,
 )
-from fapm.metrics.aupro import DEFAULT_CHUNK_SIZE, _float32_to_key, _key_to_float32
+from fapm.metrics.aupro import _float32_to_key, _key_to_float32
 
 SEEDS = [0, 1, 2, 3]
 
@@ -325,7 +325,5 @@ def test_storage_is_5_bytes_per_pixel_and_compute_memory_scales() -> None:
     assert 0.6 < res.auroc < 1.0
     batch_pixels = batch * size * size
     assert peak < 8 * pixels + 40 * batch_pixels + 130 * chunk, f"{peak / pixels:.1f} B/pixel"
-    # The same bound for 500 maps of 224 x 224 in batches of 32 with the default chunk,
-    # plus the 5 B/pixel of storage, stays well under 2 GB.
-    pixels, batch_pixels = 500 * 224 * 224, 32 * 224 * 224
-    assert 5 * pixels + 8 * pixels + 40 * batch_pixels + 130 * DEFAULT_CHUNK_SIZE < 1 << 30
+    # At full size (500 maps of 224 x 224) the same bound is measured, not asserted, by
+    # benchmarks/metrics_memory.py.
