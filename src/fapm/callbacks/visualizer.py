@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from fapm.data.sampling import drop_padding
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from fapm.tracking import log_images
 from fapm.visualization.figures import memory_figure, sample_figure, save_figure
@@ -98,7 +99,8 @@ class ImageVisualizer(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.num_images == 0:
+        batch = drop_padding(batch) if self.num_images else None  # a shorter DDP shard's placeholders
+        if batch is None:
             return
         images = batch["image"]
         types = list(batch.get("defect_type", [""] * images.shape[0]))

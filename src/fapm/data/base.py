@@ -11,11 +11,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from fapm.data.errors import DataError
 from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
+from fapm.data.sampling import PaddedDataset, ShardedBatches
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from fapm.distributed import world
 
 
 def _check_fraction(fraction: float) -> None:
@@ -107,14 +109,22 @@ class AnomalyDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         self.setup()  # before reading the records: Lightning may call a loader without setup()
         records = {"train": self.train_records, "val": self.val_records, "test": self.test_records}[split]
-        return DataLoader(
-            self._dataset(records),
-            batch_size=batch_size,
-            shuffle=False,  # memory building is order-independent; a fixed order keeps runs reproducible
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        dataset: Any = self._dataset(records)
+        common: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        rank, size = world()
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        if size == 1:
+            # memory building is order-independent; a fixed order keeps runs reproducible
+            return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **common)
+        if split == "train" and getattr(module, "equal_batches_per_rank", False):
+            # gradient training (LAMP): DDP all-reduces every batch, torch's padded sampler is right
+            sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=False)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=False, **common)
+        # Every sample exactly once, in this rank's contiguous share of the single-process
+        # batches (topped up with flagged padding batches): a memory holds each training image
+        # once, with the features one process would compute, and metrics count each test image once.
+        batches = ShardedBatches(len(dataset), batch_size, rank, size)
+        return DataLoader(PaddedDataset(dataset), batch_sampler=batches, **common)
 
     def train_dataloader(self) -> DataLoader:
         """Normal training images (minus the hold-out), in sorted order."""

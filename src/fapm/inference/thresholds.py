@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fapm.data.sampling import drop_padding
+from fapm.distributed import all_gather_rows
 from fapm.metrics import names
 from fapm.types import AnomalyOutput
 
@@ -229,6 +231,9 @@ def score_batches(
     """Score every ``batch["image"]`` → ``(scores [N], maps [N, H, W])`` on the CPU."""
     scores, maps = [], []
     for batch in batches:
+        batch = drop_padding(dict(batch))  # a shorter DDP shard's placeholders
+        if batch is None:
+            continue
         output = model(batch["image"].to(device))
         scores.append(output.image_scores.detach().float().cpu())
         maps.append(output.anomaly_maps.detach().float().cpu())
@@ -253,4 +258,8 @@ def holdout_thresholds(module: Any, datamodule: Any, image_quantile: float = 0.9
         scores, maps = score_batches(module, loader, device)
     finally:
         module.train(was_training)
-    return normal_thresholds(scores, maps, image_quantile, pixel_quantile)
+    if maps.numel() == 0:  # this rank's shard is empty: keep the map shape for the gather below
+        side = datamodule.preprocess.output_size
+        maps = maps.new_zeros(0, side, side)
+    # under DDP every rank scored a shard of the held-out images: all ranks decide on all of them
+    return normal_thresholds(all_gather_rows(scores), all_gather_rows(maps), image_quantile, pixel_quantile)

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from torch import nn
 
+from fapm.data.sampling import drop_padding
+from fapm.distributed import broadcast_object, gather_objects, world
 from fapm.metrics import AnomalyMetrics
 from fapm.types import AnomalyOutput
 
@@ -69,6 +71,9 @@ class AnomalyModule(L.LightningModule):
         self._seen_batches = 0
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        batch = drop_padding(batch)  # a shorter DDP shard's placeholders
+        if batch is None:
+            return
         images = batch["image"]
         with torch.inference_mode():
             output, seconds = self._timed_forward(images)
@@ -91,21 +96,41 @@ class AnomalyModule(L.LightningModule):
         )
 
     def on_test_epoch_end(self) -> None:
-        results = dict(self.metrics.compute())
-        results.update(self.speed())
+        rank, size = world()
+        if size == 1:
+            results = {**self.metrics.compute(), **self.speed()}
+        else:
+            # every rank scored a contiguous shard: rank 0 merges them in order, computes the
+            # exact metrics of the whole test set, and every rank gets the same results
+            states = gather_objects((self.metrics.state(), self._batch_seconds, self._batch_sizes))
+            results = None
+            if rank == 0:
+                assert states is not None
+                self.metrics.merge([s[0] for s in states])
+                results = {**self.metrics.compute(), **self.speed([s[1] for s in states], [s[2] for s in states])}
+            results = broadcast_object(results)
         self.test_results = results
         loggable = {k: float(v) for k, v in results.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         self.log_dict(loggable, sync_dist=False)
 
-    def speed(self) -> dict[str, float]:
-        """Throughput and per-image latency over the timed (post-warm-up) test batches."""
-        if not self._batch_seconds:
+    def speed(
+        self, seconds: list[list[float]] | None = None, sizes: list[list[int]] | None = None
+    ) -> dict[str, float]:
+        """Throughput and per-image latency over the timed (post-warm-up) test batches.
+
+        ``seconds``/``sizes``: per rank, the timed batches (default: this process's). The
+        throughput is the whole job's: all timed images over the slowest rank's time.
+        """
+        seconds = [self._batch_seconds] if seconds is None else seconds
+        sizes = [self._batch_sizes] if sizes is None else sizes
+        per_image = [s / n for rank_s, rank_n in zip(seconds, sizes) for s, n in zip(rank_s, rank_n)]
+        if not per_image:
             return {"fps": float("nan"), "latency_ms": float("nan")}
-        per_image = [s / n for s, n in zip(self._batch_seconds, self._batch_sizes)]
         return {
-            "fps": sum(self._batch_sizes) / sum(self._batch_seconds),
+            "fps": sum(map(sum, sizes)) / max(sum(s) for s in seconds),
             "latency_ms": 1000.0 * statistics.median(per_image),
-            "timed_images": float(sum(self._batch_sizes)),
+            "timed_images": float(sum(map(sum, sizes))),
+            "processes": float(len(seconds)),
         }
 
     def facts(self) -> dict[str, Any]:

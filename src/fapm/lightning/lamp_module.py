@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from fapm.data.sampling import drop_padding
+from fapm.distributed import world
 from fapm.lamp.detector import LampDetector
 from fapm.lamp.loss import ReconstructionLoss
 from fapm.lightning.base import AnomalyModule
@@ -53,6 +55,9 @@ class LampModule(AnomalyModule):
     rank checkpoints, and the base loss is comparable between ``lamp: true`` and ``false``.
     """
 
+    #: DDP all-reduces gradients every batch: every rank needs the same number of batches.
+    equal_batches_per_rank = True
+
     def __init__(
         self,
         detector: LampDetector,
@@ -74,6 +79,7 @@ class LampModule(AnomalyModule):
         self.epoch_base_losses: list[float] = []
         self.val_losses: list[float] = []
         self._sums = torch.zeros(3, dtype=torch.float64)  # objective·n, base·n, n
+        self._val_sums = torch.zeros(3, dtype=torch.float64)
 
     # ------------------------------------------------------------------ training
     def _losses(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,24 +102,41 @@ class LampModule(AnomalyModule):
         return objective
 
     def on_train_epoch_end(self) -> None:
-        n = float(self._sums[2])
-        if n > 0:
-            self.epoch_losses.append(float(self._sums[0]) / n)
-            self.epoch_base_losses.append(float(self._sums[1]) / n)
+        sums = self._reduce_sums(self._sums)  # every rank's batches (DDP) or this one's
+        if sums[2] > 0:
+            self.epoch_losses.append(float(sums[0] / sums[2]))
+            self.epoch_base_losses.append(float(sums[1] / sums[2]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(3, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        batch = drop_padding(batch)  # a shorter DDP shard's placeholders
+        if batch is None:
+            return
         images = batch["image"]
         objective, base = self._losses(images)
         n = images.shape[0]
-        self.log(VAL_LOSS, base, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log(VAL_OBJECTIVE, objective, on_step=False, on_epoch=True, batch_size=n)
+        self._val_sums += torch.tensor([objective.item() * n, base.item() * n, n], dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        # The mean over every held-out image, whichever rank scored it: summed here rather than
+        # logged per step with sync_dist, because a rank whose shard holds no image logs nothing
+        # and Lightning's per-metric reduction would then wait for it forever.
+        sums = self._reduce_sums(self._val_sums)
+        if sums[2] == 0:
             return
-        value = self.trainer.callback_metrics.get(VAL_LOSS)
-        if value is not None:
-            self.val_losses.append(float(value))
+        base, objective = float(sums[1] / sums[2]), float(sums[0] / sums[2])
+        self.log(VAL_LOSS, base, prog_bar=True, sync_dist=False)
+        self.log(VAL_OBJECTIVE, objective, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.val_losses.append(base)
+
+    def _reduce_sums(self, sums: Tensor) -> Tensor:
+        """``sums`` added over every DDP rank (unchanged in a single process)."""
+        if world()[1] == 1:
+            return sums
+        return self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.detector.parameters())

@@ -12,9 +12,12 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from fapm.data.sampling import drop_padding
+from fapm.distributed import world
 from fapm.lightning.base import AnomalyModule
 from fapm.models.build_report import BuildReport
 from fapm.models.detector import MemoryDetector
+from fapm.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,11 @@ class MemoryBankModule(AnomalyModule):
         self.detector.reset_fit(expected_images=self._training_images())
 
     def _training_images(self) -> int | None:
-        """Number of images the fit epoch will see (for one preallocated feature buffer)."""
+        """Number of images this process's fit epoch will see (for one preallocated feature buffer)."""
         loader = self.trainer.train_dataloader
         try:
-            images = len(loader.dataset)
+            shard = getattr(loader, "batch_sampler", None)
+            images = shard.real if hasattr(shard, "real") else len(loader.dataset)
             limit = self.trainer.limit_train_batches
         except (AttributeError, TypeError):  # iterable datasets, wrapped loaders: collect in pieces
             return None
@@ -56,9 +60,20 @@ class MemoryBankModule(AnomalyModule):
         return images
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        batch = drop_padding(batch)  # a shorter DDP shard's placeholders
+        if batch is None:
+            return
         if batch_idx == 0:
             self.detector.check_input_size(tuple(batch["image"].shape[-2:]))
         self.detector.collect(batch["image"])
+
+    def setup(self, stage: str) -> None:
+        rank, size = world()
+        if size > 1 and self.trainer._accelerator_connector.use_distributed_sampler:
+            raise ConfigError([
+                "trainer.use_distributed_sampler: must be false for fapm's data modules under DDP (the "
+                "trainer=ddp / ddp_cpu configs set it): they shard every dataset themselves, each sample once"
+            ])
 
     def on_train_epoch_end(self) -> None:
         report = self.detector.build(progress=self._coreset_progress())

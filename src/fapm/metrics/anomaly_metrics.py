@@ -19,8 +19,9 @@ class AnomalyMetrics:
 
     Call :meth:`update` per batch, :meth:`compute` at the end, :meth:`reset` before the
     next run. Everything stored lives on the CPU whatever the inputs' device, and this is
-    a plain object (not an ``nn.Module``), so Lightning never moves it to the GPU. It is
-    not synchronised across DDP processes.
+    a plain object (not an ``nn.Module``), so Lightning never moves it to the GPU. Across
+    DDP processes, :meth:`state` / :meth:`merge` move every rank's records to one rank,
+    which then computes the exact metrics of the whole test set.
 
     Metrics (keys from :mod:`fapm.metrics.names`), all exact, no binning:
         - ``image_auroc``: torchmetrics ``binary_auroc`` (exact thresholds; its rates are
@@ -150,6 +151,32 @@ class AnomalyMetrics:
             "pixel metrics are left out for this run.",
             stacklevel=3,
         )
+
+    # ------------------------------------------------------------------ distributed
+    def state(self) -> dict[str, object]:
+        """Everything recorded since the last reset (plain lists of CPU tensors and strings)."""
+        return {
+            "scores": list(self._scores), "labels": list(self._labels), "defect_types": list(self._defect_types),
+            "paths": list(self._paths), "maps": list(self._maps), "masks": list(self._masks),
+            "pixels_ok": self._pixels_ok, "seen_pixels": self._seen_pixels,
+        }  # fmt: skip
+
+    def merge(self, states: Sequence[dict[str, object]]) -> None:
+        """Replace the records with ``states`` concatenated in order (e.g. every rank's, by rank)."""
+        self.reset()
+        for st in states:
+            self._scores.extend(st["scores"])  # type: ignore[arg-type]
+            self._labels.extend(st["labels"])  # type: ignore[arg-type]
+            self._defect_types.extend(st["defect_types"])  # type: ignore[arg-type]
+            self._paths.extend(st["paths"])  # type: ignore[arg-type]
+            self._maps.extend(st["maps"])  # type: ignore[arg-type]
+            self._masks.extend(st["masks"])  # type: ignore[arg-type]
+        # pixel metrics only when every rank saw maps and masks for every image it scored
+        self._pixels_ok = all(bool(st["pixels_ok"]) for st in states)
+        self._seen_pixels = any(bool(st["seen_pixels"]) for st in states)
+        if not self._pixels_ok:
+            self._maps.clear()
+            self._masks.clear()
 
     # ------------------------------------------------------------------ results
     @property

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from fapm.distributed import all_gather_rows
 from fapm.models.adaptive import AdaptiveCoreset
 from fapm.models.build_report import BuildReport
 from fapm.models.feature_store import FeatureStore
@@ -189,7 +190,9 @@ class MemoryDetector(nn.Module):
         for i in streams:
             memory = self.memories[i]
             start = time.perf_counter()
-            candidates = self.features.take(i)
+            # Under DDP every rank extracted a contiguous shard of the training images: in rank
+            # order they are the training set, so the memory equals a single process's.
+            candidates = all_gather_rows(self.features.take(i), dim=1)
             report.candidates.append(candidates.shape[1])
             result = self.coreset(candidates, generator)
             memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from fapm.builders import build_datamodule, build_module
 from fapm.inference.thresholds import Thresholds, holdout_thresholds
+from fapm.lightning.strategy import stop_other_ranks
 from fapm.model_file import save_model
 from fapm.pipeline.common import (
     METRICS_FILE,
@@ -54,6 +55,7 @@ class _Progress:
 
     stage: str = "set-up"
     model_file: Path | None = None
+    trainer: Any = None
 
 
 def run_facts(module: Any, datamodule: Any) -> dict[str, Any]:
@@ -75,8 +77,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         metrics = _fit_and_test(cfg, out, loggers, progress)
     except BaseException as error:  # Ctrl-C too: Lightning turns it into SystemExit during fit/test
+        # the failing process reports (under DDP: whichever rank failed; rank 0 also stops the others)
         _record_failure(cfg, out, error, progress)
         close_loggers(loggers, failed=True)
+        if progress.trainer is not None:
+            stop_other_ranks(progress.trainer.strategy)
         raise
     close_loggers(loggers)
     return metrics
@@ -111,6 +116,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     progress.stage = "model set-up"
     module = _build_module(cfg, settings)
     trainer, built = build_trainer(cfg)
+    progress.trainer = trainer
     loggers.extend(built)
     log_hyperparameters(cfg, loggers)
 
@@ -120,8 +126,10 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     fit_seconds = time.perf_counter() - start
     metrics: dict[str, Any] = {**run_facts(module, datamodule), "fit_seconds": fit_seconds, "output_dir": str(out)}
 
+    writer = trainer.is_global_zero  # under DDP one process writes the run's files
+
     def save(thresholds: Thresholds) -> None:
-        if not cfg.get("save_model", True):
+        if not cfg.get("save_model", True) or not writer:
             return
         progress.model_file = save_model(
             out / MODEL_FILE, module.detector, settings.model,
@@ -138,7 +146,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     thresholds = holdout_thresholds(
         module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile
     )
-    if thresholds.n_normal == 0:
+    if thresholds.n_normal == 0 and writer:
         log.warning(
             "no held-out normal images (data.normal_holdout=0): the model has no decision threshold, so "
             "predictions carry scores and maps but no labels (set data.normal_holdout > 0, or give "
@@ -155,9 +163,10 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     metrics.update(thresholds.as_metrics())
     metrics[STATUS_KEY] = STATUS_OK
     progress.stage = "report"
-    write_metrics(out / METRICS_FILE, metrics)
-    log_metrics_table(loggers, metrics, out, step=trainer.global_step)
-    print(summary(metrics, f"train {metrics.get('model')} on {metrics.get('category')}"))
+    if writer:
+        write_metrics(out / METRICS_FILE, metrics)
+        log_metrics_table(loggers, metrics, out, step=trainer.global_step)
+        print(summary(metrics, f"train {metrics.get('model')} on {metrics.get('category')}"))
     return metrics
 
 
