@@ -40,10 +40,11 @@ class PredictionResult:
     Attributes:
         score: raw image score (model units; higher = more anomalous).
         normalised_score: ``score`` mapped to ``[0, 1]`` with the image threshold at 0.5.
-        label: True = defective (``score >= image_threshold``).
+        label: True = defective (``score >= image_threshold``; also True for a NaN score,
+            which callers should treat as an error: check ``math.isfinite(score)``).
         anomaly_map: ``[H, W]`` float32 raw pixel scores at the original image size.
         normalised_map: ``[H, W]`` float32 in ``[0, 1]``, pixel threshold at 0.5.
-        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold``.
+        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold`` (NaN pixels are True).
         path: the image file, when the input was a path.
     """
 
@@ -219,13 +220,14 @@ class FAPM:
         raw = to_original_size(patch_map.unsqueeze(0).float(), self.preprocess, size)[0]
         value = float(score)
         normalised = float(self.thresholds.normalise("image", score.float().cpu(), self.image_threshold))
+        # Fail closed: "not below the threshold" makes a NaN score / pixel defective, never good.
         return PredictionResult(
             score=value,
             normalised_score=normalised,
-            label=value >= self.image_threshold,
+            label=not value < self.image_threshold,
             anomaly_map=raw.cpu().numpy(),
             normalised_map=self.thresholds.normalise("pixel", raw, self.pixel_threshold).cpu().numpy(),
-            mask=(raw >= self.pixel_threshold).cpu().numpy(),
+            mask=(~(raw < self.pixel_threshold)).cpu().numpy(),
             path=path,
         )
 
