@@ -307,6 +307,9 @@ def test_cli_setup_errors_are_one_line_and_come_before_any_work(
     code, _, stderr = _run_cli([f"ckpt_path={missing_model}", f"input={demo_images[0]}", f"output={tmp_path / 'm'}",
                                 f"hydra.run.dir={tmp_path / 'hydra_m'}"], monkeypatch, capsys)
     assert code == 2 and str(missing_model) in stderr and "Traceback" not in stderr
+    no_model = [f"input={demo_images[0]}", f"hydra.run.dir={tmp_path / 'hydra_n'}"]
+    code, _, stderr = _run_cli(no_model, monkeypatch, capsys)
+    assert code == 2 and "predict: error: ckpt_path is required" in stderr and "Traceback" not in stderr
 
 
 def test_unusable_output_folder_is_one_clear_error(model: FAPM, demo_images: list[Path], tmp_path: Path,

@@ -7,7 +7,7 @@ Rules (docs/predict.md, "Images the model accepts"):
   matching extensions, :data:`IMAGE_EXTENSIONS`. GIF is not accepted: it holds at most 256
   colours (the pixel statistics differ from the camera images a model is fitted on) and may be
   animated; convert it to PNG.
-* **Orientation**: an EXIF orientation tag is applied (``ImageOps.exif_transpose``) to images
+* **Orientation**: an EXIF orientation tag is applied (as ``ImageOps.exif_transpose`` does) to images
   AND masks, and :func:`read_size` reports the displayed size, so an image, its mask and the
   anomaly map all have the orientation a viewer shows.
 * **Size**: :func:`check_size` — at least :data:`MIN_SIDE` pixels on each side, at most
@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from fapm.data.errors import DataError
 
@@ -46,6 +46,16 @@ MAX_PIXELS = 50_000_000
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ORIENTATION = ExifTags.Base.Orientation
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90°
+#: EXIF orientation -> the transposition that shows the stored pixels as displayed (ImageOps.exif_transpose's table).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def is_image_file(path: Path) -> bool:
@@ -84,12 +94,18 @@ def _unreadable(path: Path, exc: BaseException) -> DataError:
 
 
 def _orientation(img: Image.Image) -> int:
-    """The EXIF (or XMP) orientation of an opened, not yet decoded image; 1 when none."""
+    """The EXIF (or XMP) orientation of an opened image, 1 when none or unreadable.
+
+    The same decision for :func:`read_size` (header only) and :func:`_open_loaded` (decoded).
+    """
     if img.format == "TIFF":
         return 1  # PIL's TIFF plugin already reports the displayed size and rotates on decoding
     if img.format == "PNG" and "exif" not in img.info and not any("xmp" in str(k).lower() for k in img.info):
         return 1  # PNG.getexif() decodes the pixels to look for a late eXIf chunk: skip when there is none
-    value = img.getexif().get(_ORIENTATION, 1)
+    try:
+        value = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: the pixels as stored
+        return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -111,8 +127,11 @@ def _open_loaded(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image,
                 if width * height > max_pixels:  # before decoding: a huge header costs nothing
                     check_size(width, height, str(path), 1, max_pixels)
                 img.load()
-                # A transposed copy, or a plain copy when there is no orientation: detached from the file.
-                return ImageOps.exif_transpose(img), str(img.format)
+                orientation = _orientation(img)
+                image = img.copy()  # detached from the file
+            if orientation in _TRANSPOSE:
+                image = image.transpose(_TRANSPOSE[orientation])
+            return image, str(img.format)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many types on hostile bytes; all mean "unreadable"

@@ -397,7 +397,8 @@ class OutputFolder:
         jsonl = self.path / RESULTS_JSONL
         kept = 0
         if jsonl.is_file():
-            roots = [(self.path / d).resolve() for d in (OVERLAYS, MASKS)]
+            # Only real sub-folders: an overlays/ that is a link to elsewhere is never emptied.
+            roots = [(self.path / d).resolve() for d in (OVERLAYS, MASKS) if not (self.path / d).is_symlink()]
             for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)

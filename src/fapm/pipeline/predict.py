@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fapm.data.errors import DataError
 from fapm.inference.api import FAPM
@@ -46,6 +46,8 @@ def check_settings(cfg: Mapping[str, Any]) -> None:
         PredictError / ThresholdError: naming the first bad key and what it accepts.
     """
     for key in ("ckpt_path", "input", "output"):
+        if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
+            raise PredictError(f"{key} is required: python predict.py ckpt_path=<model.pt> input=<image|folder|glob>")
         if not isinstance(cfg[key], str) or not cfg[key].strip():
             raise PredictError(f"{key} must be a path, got {cfg[key]!r}")
     parse_choice(cfg["threshold"], "threshold")
