@@ -421,3 +421,26 @@ def test_rows_follow_the_listing_order_errors_included(model: FAPM, demo_images:
     with open(tmp_path / "out" / "results.csv", newline="") as handle:
         assert [r["path"] for r in csv.DictReader(handle)] == [r["path"] for r in rows]
     assert (summary.scored, summary.failed, summary.skipped, summary.hidden) == (4, 2, 1, 1)
+
+
+def test_an_interrupted_run_keeps_its_rows_and_says_why(model: FAPM, demo_images: list[Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the second batch: the first batch's rows stay, summary.json says where it stopped, no lock left."""
+    folder = _copy(demo_images, tmp_path / "in", ["a.png", "b.png", "c.png"])
+    real = model.predict_pil
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict_pil", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(model, folder, tmp_path / "out", batch_size=2, progress=False)
+    assert [Path(r["path"]).name for r in _strict_rows(tmp_path / "out")] == ["a.png", "b.png"]
+    summary = _strict_summary(tmp_path / "out")
+    assert summary["scored"] == 2 and summary["message"] == "interrupted after 2 row(s): KeyboardInterrupt()"
+    monkeypatch.setattr(model, "predict_pil", real)
+    assert predict_files(model, folder, tmp_path / "out", progress=False, overwrite=True).scored == 3
