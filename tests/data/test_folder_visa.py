@@ -143,3 +143,25 @@ def test_visa_errors(visa_root: Path) -> None:
     mask.unlink()
     with pytest.raises(DataError, match=re.escape(str(mask))):
         VisADataModule(str(visa_root), "candle").setup()
+
+
+def test_folder_lists_webp_not_gif(folder_tree: Path) -> None:
+    """The folder module accepts the reader's formats: a WebP training image is used, a GIF is not."""
+    from PIL import Image
+
+    Image.fromarray(_img(7)).save(folder_tree / "normal" / "n7.webp", lossless=True)
+    Image.fromarray(_img(8)).save(folder_tree / "normal" / "n8.gif")
+    dm = _folder(folder_tree)
+    dm.setup()
+    assert [r.image_path.name for r in dm.train_records] == ["n0.png", "n1.png", "n2.png", "n7.webp"]
+    assert dm.train_dataset()[3]["image"].shape == (3, 32, 32)
+
+
+def test_visa_all_zero_mask_warns(visa_root: Path) -> None:
+    mask = visa_root / "pcb1/Data/Masks/Anomaly/100.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(mask)
+    dm = VisADataModule(str(visa_root), "pcb1", image_size=H, crop_size=None)
+    with pytest.warns(UserWarning, match=re.escape(str(mask))):
+        assert dm.test_dataset()[0]["mask"].sum() == 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fapm.data.errors import DataError
 from fapm.data.mvtec import MVTecDataModule, MVTecDataset
@@ -193,3 +195,63 @@ def test_prepare_data_generates_demo_once(tmp_path: Path, monkeypatch: pytest.Mo
     assert dm.describe()["n_test"] == 1 + len(demo.DEMO_DEFECT_TYPES["weave"])
     with pytest.raises(DataError, match="not a demo category"):
         MVTecDataModule(str(tmp_path / "demo"), "bottle", generate_demo=True).prepare_data()
+
+
+# --- one reader for training, testing and predict ------------------------------------------------
+def test_image_below_the_minimum_size_is_refused_at_setup(mvtec_tree, write_png) -> None:
+    """A 1x1 training image (predict would refuse it) is a DataError at set-up naming the file."""
+    root = mvtec_tree()
+    tiny = write_png(root / "widget" / "train" / "good" / "009.png", np.zeros((1, 1, 3), np.uint8))
+    thin = write_png(root / "widget" / "test" / "good" / "009.png", np.zeros((15, 48, 3), np.uint8))
+    with pytest.raises(DataError) as err:
+        _module(root).setup()
+    message = str(err.value)
+    assert f"{tiny}: image of 1x1 pixels is too small" in message
+    assert f"{thin}: image of 48x15 pixels is too small" in message and "min side 16 px" in message
+
+
+def test_zero_one_masks_mark_defects(mvtec_tree, write_png) -> None:
+    """Masks stored as 0/1 (not 0/255) give the same pixel ground truth as 0/255 ones."""
+    root = mvtec_tree()
+    mask_file = root / "widget" / "ground_truth" / "crack" / "000_mask.png"
+    expected = _module(root).test_dataset()[0]["mask"]
+    assert expected.sum() > 0
+    write_png(mask_file, (np.asarray(Image.open(mask_file)) > 0).astype(np.uint8))  # the same mask as 0/1
+    sample = _module(root).test_dataset()[0]
+    assert sample["path"].endswith("crack/000.png") and torch.equal(sample["mask"], expected)
+
+
+def test_all_zero_mask_of_a_defect_warns_naming_it(mvtec_tree, write_png) -> None:
+    root = mvtec_tree()
+    mask_file = write_png(root / "widget" / "ground_truth" / "crack" / "001_mask.png", np.zeros((40, 48), np.uint8))
+    dataset = _module(root).test_dataset()
+    with pytest.warns(UserWarning, match=re.escape(str(mask_file))) as caught:
+        sample = dataset[1]
+    assert sample["mask"].sum() == 0 and sample["label"].item() == 1
+    assert any(type(w.message).__name__ == "MaskWarning" for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mask with defect pixels does not warn
+        dataset[0]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_rotated_image_and_its_mask_line_up(mvtec_tree, suffix: str) -> None:
+    """A camera image stored sideways with an EXIF rotation, its mask drawn on the displayed image."""
+    root = mvtec_tree(size=(48, 40))
+    displayed = np.zeros((48, 40, 3), np.uint8)  # 40 wide, 48 high as shown
+    displayed[4:14, 22:36] = 255  # a bright defect near the top right
+    stored = np.rot90(displayed, 1)  # what the camera wrote: rotated back by 90°
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    image_file = root / "widget" / "test" / "crack" / f"000{suffix}"
+    (root / "widget" / "test" / "crack" / "000.png").unlink()
+    Image.fromarray(np.ascontiguousarray(stored)).save(image_file, exif=exif.tobytes(), quality=100)
+    mask = np.zeros((48, 40), np.uint8)
+    mask[4:14, 22:36] = 255
+    Image.fromarray(mask).save(root / "widget" / "ground_truth" / "crack" / "000_mask.png")
+    dm = MVTecDataModule(str(root), "widget", image_size=48, crop_size=None)
+    dm.setup()  # sizes agree once the rotation is applied
+    sample = next(s for s in dm.test_dataset() if s["path"] == str(image_file))
+    bright = sample["image"].mean(0) > 1.0  # normalised: the white defect is far above the mean
+    defect = sample["mask"][0] > 0
+    assert defect.sum() > 0 and (bright & defect).sum() / defect.sum() > 0.8

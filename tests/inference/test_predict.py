@@ -2,19 +2,24 @@
 
 import csv
 import json
+import math
+import os
 import runpy
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fapm.inference import FAPM
-from fapm.inference.predict import RESULT_FIELDS, list_sources, predict_files
+from fapm.inference.predict import RESULT_FIELDS, predict_files
+from fapm.types import AnomalyOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +34,12 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
                      + chunk(b"IEND", b""))
     return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> FAPM:
+    """One loaded model shared by the tests (tests that patch it use monkeypatch, undone after each)."""
+    return FAPM.load(model_path)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +70,7 @@ def mixed_folder(demo_images: list[Path], tmp_path_factory: pytest.TempPathFacto
 
 EXPECTED_ERRORS = {
     "bad_text.png": "Cannot read image file",
-    "bad_notes.txt": "Cannot read image file",
+    "bad_notes.txt": "skipped: not an image file type (.txt",
     "bad_empty.png": "empty file",
     "bad_zero_size.png": "Cannot read image file",
     "bad_truncated.png": "Cannot read image file",
@@ -97,15 +108,16 @@ def test_cli_scores_good_files_and_reports_each_bad_one(cli_run, mixed_folder: P
     for name, message in EXPECTED_ERRORS.items():
         assert message in by_json[name]["error"], (name, by_json[name]["error"])
         assert by_json[name]["score"] is None and by_csv[name]["score"] == ""
+        assert by_json[name]["status"] == ("skipped" if name.endswith(".txt") else "error")
     for name in SCORED:
         row = by_json[name]
-        assert row["error"] is None, (name, row["error"])
+        assert row["error"] is None and row["status"] == "ok", (name, row["error"])
         assert isinstance(row["label"], bool) and by_csv[name]["label"] in ("0", "1")
         assert 0.0 <= row["normalised_score"] <= 1.0
         assert row["label"] == (row["normalised_score"] >= 0.5)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["scored"] == len(SCORED) and summary["failed"] == len(EXPECTED_ERRORS)
-    assert summary["exit_code"] == 0
+    assert summary["scored"] == len(SCORED) and summary["failed"] + summary["skipped"] == len(EXPECTED_ERRORS)
+    assert summary["skipped"] == 1 and summary["hidden"] == 1 and summary["exit_code"] == 0
 
 
 def test_overlays_and_masks_at_the_original_size(cli_run, mixed_folder: Path) -> None:
@@ -137,8 +149,7 @@ def test_nothing_scored_gives_a_non_zero_exit_code(model_path: Path, tmp_path: P
     assert "empty file" in by_json["x.png"]["error"]
 
 
-def test_empty_folder_and_missing_input(model_path: Path, tmp_path: Path) -> None:
-    model = FAPM.load(model_path)
+def test_empty_folder_and_missing_input(model: FAPM, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     summary = predict_files(model, tmp_path / "empty", tmp_path / "o1", progress=False)
     assert summary.exit_code == 1 and "no files found in the folder" in summary.message
@@ -155,19 +166,21 @@ def test_glob_single_file_and_limits(model_path: Path, mixed_folder: Path, tmp_p
                             write_overlays=False)
     assert summary.scored == 0 and summary.failed == 1  # a_good.png (64x64 = 4096 px) is over 3000
     assert "exceeds the limit of 3000 pixels" in (tmp_path / "g" / "results.jsonl").read_text()
-    model = FAPM.load(model_path)
+    model = FAPM.load(model_path)  # the default limits again
     summary = predict_files(model, mixed_folder / "c_wide.png", tmp_path / "s", progress=False, write_masks=False)
     assert summary.scored == 1 and summary.exit_code == 0
     assert (tmp_path / "s" / "overlays" / "c_wide.png").is_file() and not (tmp_path / "s" / "masks").exists()
 
 
 def test_sources_skip_hidden_files_and_the_output_folder(mixed_folder: Path) -> None:
-    files, base = list_sources(mixed_folder, exclude=mixed_folder / "sub")
-    names = {p.name for p in files}
+    from fapm.inference.predict import list_inputs
+
+    listing = list_inputs(mixed_folder, exclude=mixed_folder / "sub")
+    names = {p.name for p in listing.images}
     assert ".hidden.png" not in names and "b_good.jpg" not in names and "a_good.png" in names
-    assert base == mixed_folder
-    recursive, _ = list_sources(f"{mixed_folder}/**/*.jpg")
-    assert [p.name for p in recursive] == ["b_good.jpg"]
+    assert listing.base == mixed_folder and listing.hidden == 1
+    recursive = list_inputs(f"{mixed_folder}/**/*.jpg")
+    assert [p.name for p in recursive.images] == ["b_good.jpg"]
 
 
 def test_overlay_blends_heatmap_over_the_image() -> None:
@@ -182,3 +195,252 @@ def test_overlay_blends_heatmap_over_the_image() -> None:
     with pytest.raises(ValueError, match="does not match"):
         overlay(image, values.T)
     assert np.asarray(mask_image(values > 0.5)).max() == 255
+
+
+# ------------------------------------------------------------------------------ failing closed
+def _strict_rows(out: Path) -> list[dict]:
+    """``results.jsonl`` rows in file order, parsed as strict JSON (a bare NaN / Infinity fails)."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-JSON constant {name} written")
+
+    return [json.loads(line, parse_constant=refuse) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _strict_summary(out: Path) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-JSON constant {name} written")
+
+    return json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+
+
+def _copy(images: list[Path], folder: Path, names: list[str]) -> Path:
+    for source, name in zip(images, names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(source.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("threshold", "nan"), ("threshold", float("inf")), ("pixel_threshold", "-inf"),
+                       ("pixel_threshold", float("nan"))],
+)
+def test_non_finite_thresholds_are_refused_naming_the_key(model_path: Path, key: str, value) -> None:
+    from fapm.inference.thresholds import ThresholdError
+
+    with pytest.raises(ThresholdError, match=rf"^{key} must be auto, quantile, f1 or a number, got .*(nan|inf)"):
+        FAPM.load(model_path, **{key: value})
+
+
+def test_non_finite_scores_are_error_rows_never_good(model: FAPM, demo_images: list[Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN or Inf image score, or NaN map pixels, give an error row: no label, no bare NaN in the files."""
+    real = model.score
+
+    def poisoned(images: torch.Tensor) -> AnomalyOutput:
+        out = real(images)
+        scores, maps = out.image_scores.clone(), out.anomaly_maps.clone()
+        scores[0] = float("nan")
+        if len(scores) > 2:
+            scores[1] = float("inf")
+            maps[2, 3:5, 3:5] = float("nan")
+        return AnomalyOutput(scores, maps)
+
+    monkeypatch.setattr(model, "score", poisoned)
+    folder = _copy(demo_images, tmp_path / "in", ["a.png", "b.png", "c.png", "d.png"])
+    summary = predict_files(model, folder, tmp_path / "out", batch_size=4, progress=False)
+    rows = _strict_rows(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["error", "error", "error", "ok"]
+    assert "non-finite image score (nan)" in rows[0]["error"] and "non-finite image score (inf)" in rows[1]["error"]
+    assert "4 non-finite pixel(s)" in rows[2]["error"]
+    for row in rows[:3]:
+        assert row["label"] is None and row["score"] is None and row["overlay"] is None
+    assert rows[3]["label"] in (True, False) and math.isfinite(rows[3]["score"])
+    assert summary.failed == 3 and summary.scored == 1 and _strict_summary(tmp_path / "out")["failed"] == 3
+    # The Python API fails closed too: a NaN score is "defective" and NaN pixels are in the mask.
+    result = model.predict(demo_images[0])
+    assert math.isnan(result.score) and result.label is True
+    results = model.predict(demo_images[:3])
+    assert results[2].mask[np.isnan(results[2].anomaly_map)].all()
+
+
+def _run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """The real entry point in this process (a second interpreter costs ~10 s of imports)."""
+    monkeypatch.setattr(sys, "argv", ["predict.py", *argv])
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "predict.py"), run_name="__main__")
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_setup_errors_are_one_line_and_come_before_any_work(
+    tmp_path: Path, demo_images: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Bad settings, device or output: exit code 2, one line naming the key or path, nothing written.
+
+    The model file does not exist, so each error is found before the model is even loaded.
+    """
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    missing_model = tmp_path / "no_model.pt"
+    cases = {
+        "threshold=nan": "threshold must be auto, quantile, f1 or a number, got nan",
+        "pixel_threshold=inf": "pixel_threshold must be auto, quantile, f1 or a number, got inf",
+        "batch_size=0": "batch_size must be an integer >= 1, got 0",
+        "overwrite=maybe": "overwrite must be true or false, got 'maybe'",
+        "device=cuda": "device='cuda' but CUDA is not available on this machine",
+        "device=gpu9": "device='gpu9' is not a device",
+        f"output={a_file}": f"output={a_file} is a file, not a folder",
+    }
+    for i, (override, message) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        argv = [f"ckpt_path={missing_model}", f"input={demo_images[0]}", f"output={out}", "progress=false",
+                f"hydra.run.dir={tmp_path / f'hydra{i}'}", override]
+        code, stdout, stderr = _run_cli(argv, monkeypatch, capsys)
+        assert code == 2, (override, stdout, stderr[-2000:])
+        assert f"predict: error: {message}" in stderr and "Traceback" not in stderr, (override, stderr[-2000:])
+        assert not (out / "results.csv").exists()
+    code, _, stderr = _run_cli([f"ckpt_path={missing_model}", f"input={demo_images[0]}", f"output={tmp_path / 'm'}",
+                                f"hydra.run.dir={tmp_path / 'hydra_m'}"], monkeypatch, capsys)
+    assert code == 2 and str(missing_model) in stderr and "Traceback" not in stderr
+    no_model = [f"input={demo_images[0]}", f"hydra.run.dir={tmp_path / 'hydra_n'}"]
+    code, _, stderr = _run_cli(no_model, monkeypatch, capsys)
+    assert code == 2 and "predict: error: ckpt_path is required" in stderr and "Traceback" not in stderr
+
+
+def test_unusable_output_folder_is_one_clear_error(model: FAPM, demo_images: list[Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(Exception, match=f"output={a_file} is a file, not a folder") as err:
+        predict_files(model, demo_images[0], a_file, progress=False)
+    assert type(err.value).__name__ == "OutputError" and isinstance(err.value, ValueError)
+    with pytest.raises(ValueError, match=f"cannot create the output folder {a_file / 'sub'}: Not a directory"):
+        predict_files(model, demo_images[0], a_file / "sub", progress=False)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):  # root ignores file modes, so the refusal is simulated
+        if str(path).startswith(str(read_only)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(ValueError, match=f"the output folder {read_only} is not writable: Permission denied"):
+        predict_files(model, demo_images[0], read_only, progress=False)
+    assert list(read_only.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ never clobbering
+def test_output_with_results_is_refused_unless_overwrite(model: FAPM, demo_images: list[Path],
+                                                         tmp_path: Path) -> None:
+    first = _copy(demo_images, tmp_path / "first", ["a.png", "sub/b.png"])
+    second = _copy(demo_images[2:], tmp_path / "second", ["c.png"])
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "mine.txt").write_text("the user's own file")
+    predict_files(model, first, out, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"already holds predict results \(results.csv, .*set overwrite=true"):
+        predict_files(model, second, out, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    summary = predict_files(model, second, out, progress=False, overwrite=True)
+    assert summary.scored == 1 and [Path(r["path"]).name for r in _strict_rows(out)] == ["c.png"]
+    pictures = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert pictures == ["masks/c.png", "overlays/c.png"]  # the first run's overlays and masks are gone
+    assert (out / "notes" / "mine.txt").read_text() == "the user's own file"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the helper process locks with fcntl")
+def test_a_second_run_into_a_folder_in_use_fails_at_once(model: FAPM, demo_images: list[Path],
+                                                         tmp_path: Path) -> None:
+    """Another process holds the folder's lock (as a running predict does): this run refuses, writes nothing."""
+    lock_file = ".fapm-predict.lock"  # the protocol every predict run follows (fapm.inference.predict.LOCK_FILE)
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
+            "time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / lock_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"another predict run \(pid {holder.pid}\) is writing into {out}"):
+            predict_files(model, demo_images[0], out, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [lock_file]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without cleaning up: the OS released its lock, the folder is usable.
+    assert predict_files(model, demo_images[0], out, progress=False).scored == 1
+    from fapm.inference.predict import LOCK_FILE
+
+    assert LOCK_FILE == lock_file
+
+
+# ------------------------------------------------------------------------------ listing
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links and FIFOs")
+def test_symlinked_folders_are_not_followed(model: FAPM, demo_images: list[Path], tmp_path: Path) -> None:
+    """`ln -s . loop` and `ln -s .. up` neither multiply images nor hang; each link gets a row saying why."""
+    root = _copy(demo_images, tmp_path / "in", ["a.png", "sub/b.png"])
+    (root / "loop").symlink_to(".")
+    (root / "sub" / "up").symlink_to("..")
+    (root / "link.png").symlink_to(root / "a.png")  # a link to a file is scored
+    (root / "dangling.png").symlink_to(root / "nowhere.png")
+    os.mkfifo(root / "pipe.png")  # opening it would block forever
+    for i, spec in enumerate([root, f"{root}/**/*.png"]):
+        start = time.perf_counter()
+        predict_files(model, spec, tmp_path / f"out{i}", write_overlays=False, write_masks=False, progress=False)
+        assert time.perf_counter() - start < 60
+        rows = {Path(r["path"]).relative_to(root).as_posix(): r for r in _strict_rows(tmp_path / f"out{i}")}
+        assert sorted(k for k, r in rows.items() if r["error"] is None) == ["a.png", "link.png", "sub/b.png"], spec
+        for link in ("loop", "sub/up"):
+            assert rows[link].get("status") == "skipped" and "symbolic link to a folder" in rows[link]["error"]
+        assert "broken symbolic link" in rows["dangling.png"]["error"]
+        assert "not a regular file" in rows["pipe.png"]["error"]
+        assert len(rows) == 7
+
+
+def test_rows_follow_the_listing_order_errors_included(model: FAPM, demo_images: list[Path],
+                                                       tmp_path: Path) -> None:
+    folder = _copy(demo_images, tmp_path / "in", ["a.png", "d.png", "f/g.png", "h.png"])
+    (folder / "b.png").write_text("not an image")
+    (folder / "c.txt").write_text("notes")
+    (folder / "e.png").write_bytes(b"")
+    (folder / ".x.png").write_bytes(demo_images[0].read_bytes())
+    summary = predict_files(model, folder, tmp_path / "out", batch_size=2, progress=False,
+                            write_overlays=False)
+    rows = _strict_rows(tmp_path / "out")
+    assert [Path(r["path"]).relative_to(folder).as_posix() for r in rows] == [
+        "a.png", "b.png", "c.txt", "d.png", "e.png", "f/g.png", "h.png"]
+    assert [r["status"] for r in rows] == ["ok", "error", "skipped", "ok", "error", "ok", "ok"]
+    with open(tmp_path / "out" / "results.csv", newline="") as handle:
+        assert [r["path"] for r in csv.DictReader(handle)] == [r["path"] for r in rows]
+    assert (summary.scored, summary.failed, summary.skipped, summary.hidden) == (4, 2, 1, 1)
+
+
+def test_an_interrupted_run_keeps_its_rows_and_says_why(model: FAPM, demo_images: list[Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the second batch: the first batch's rows stay, summary.json says where it stopped, no lock left."""
+    folder = _copy(demo_images, tmp_path / "in", ["a.png", "b.png", "c.png"])
+    real = model.predict_pil
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict_pil", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(model, folder, tmp_path / "out", batch_size=2, progress=False)
+    assert [Path(r["path"]).name for r in _strict_rows(tmp_path / "out")] == ["a.png", "b.png"]
+    summary = _strict_summary(tmp_path / "out")
+    assert summary["scored"] == 2 and summary["message"] == "interrupted after 2 row(s): KeyboardInterrupt()"
+    monkeypatch.setattr(model, "predict_pil", real)
+    assert predict_files(model, folder, tmp_path / "out", progress=False, overwrite=True).scored == 3

@@ -53,12 +53,13 @@ class AnomalyDataModule(L.LightningDataModule):
     """Base data module. Subclasses implement ``build_records() -> (train, test)``.
 
     ``setup()`` builds and validates every record once (any stage) and raises a single
-    ``DataError`` on bad data. ``mean``/``std`` normalise the images as the backbone expects. The training set is the normal images minus a seeded
-    ``normal_holdout`` fraction, which forms the validation set.
+    ``DataError`` on bad data: a missing or unreadable file, an image under
+    :data:`~fapm.data.image_io.MIN_SIDE` pixels on a side or over
+    :data:`~fapm.data.image_io.MAX_PIXELS` pixels (predict's limits), a mask of another
+    size. The training set is the normal images minus a seeded ``normal_holdout``
+    fraction, which forms the validation set. ``mean``/``std`` normalise the images as the
+    backbone expects.
     """
-
-    #: VisA-style masks store small nonzero ids instead of 255.
-    mask_nonzero: bool = False
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self._is_setup = True
 
     def _dataset(self, records: list[SampleRecord]) -> SampleListDataset:
-        return SampleListDataset(records, self.preprocess, mask_nonzero=self.mask_nonzero)
+        return SampleListDataset(records, self.preprocess)
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         self.setup()  # before reading the records: Lightning may call a loader without setup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +12,15 @@ import torch
 from torch.utils.data import Dataset
 
 from fapm.data.errors import DataError
-from fapm.data.image_io import load_mask, load_rgb, read_size
+from fapm.data.image_io import MAX_PIXELS, MIN_SIDE, check_size, load_mask, load_rgb, read_size
 from fapm.data.transforms import Preprocess
 
 #: ``defect_type`` of normal images.
 GOOD = "good"
+
+
+class MaskWarning(UserWarning):
+    """A defective image's mask marks no pixel (usually a mask stored in another convention)."""
 
 
 @dataclass(frozen=True)
@@ -45,16 +50,21 @@ def _size_mismatch(mask: Path, mask_size: tuple[int, int], image: Path, image_si
     )
 
 
-def validate_records(records: Sequence[SampleRecord], max_listed: int = 5) -> None:
-    """Check every image (and mask) exists, has a readable header, and mask size == image size.
+def validate_records(
+    records: Sequence[SampleRecord], max_listed: int = 5, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS
+) -> None:
+    """Check every image (and mask) exists, has a readable header, an accepted size, and mask size == image size.
 
-    Only headers are read, so this is fast. All problems are collected and raised as ONE
-    ``DataError`` listing the first ``max_listed``.
+    Only headers are read, so this is fast. Sizes are the displayed ones (EXIF orientation
+    applied), and the size limits are predict's (:func:`fapm.data.image_io.check_size`), so a
+    model is never fitted or tested on images it would refuse to score. All problems are
+    collected and raised as ONE ``DataError`` listing the first ``max_listed``.
     """
     problems: list[str] = []
     for rec in records:
         try:
             image_size = read_size(rec.image_path)
+            check_size(*image_size, str(rec.image_path), min_side, max_pixels)
             if rec.label == 1 and rec.has_mask and rec.mask_path is None:
                 problems.append(f"defective image {rec.image_path} has no mask file")
                 continue
@@ -81,17 +91,15 @@ class SampleListDataset(Dataset):
     (zeros when normal or unknown), ``label`` int64 scalar, ``defect_type`` str, ``path`` str,
     ``has_mask`` bool. Batched by the default collate into ``[B, ...]`` tensors, lists of str
     and a bool tensor ``[B]``.
+
+    Masks: any non-zero pixel is a defect (:func:`fapm.data.image_io.load_mask`). A
+    defective image whose mask marks no pixel gets a :class:`MaskWarning` naming both files
+    (once per file), since its pixel ground truth then says "no defect anywhere".
     """
 
-    def __init__(
-        self,
-        records: Sequence[SampleRecord],
-        preprocess: Preprocess | None = None,
-        mask_nonzero: bool = False,
-    ) -> None:
+    def __init__(self, records: Sequence[SampleRecord], preprocess: Preprocess | None = None) -> None:
         self.records = list(records)
         self.preprocess = preprocess if preprocess is not None else Preprocess()
-        self.mask_nonzero = mask_nonzero
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,10 +108,17 @@ class SampleListDataset(Dataset):
         rec = self.records[index]
         image = load_rgb(rec.image_path)
         if rec.mask_path is not None:
-            mask_array = load_mask(rec.mask_path, nonzero=self.mask_nonzero)
+            mask_array = load_mask(rec.mask_path)
             if mask_array.shape != (image.height, image.width):  # only if built without validate_records
                 mask_size = (mask_array.shape[1], mask_array.shape[0])
                 raise DataError(_size_mismatch(rec.mask_path, mask_size, rec.image_path, image.size))
+            if rec.label == 1 and not mask_array.any():
+                warnings.warn(
+                    f"mask {rec.mask_path} of defective image {rec.image_path} marks no defect pixel "
+                    "(all zero); its pixel metrics count it as defect-free",
+                    MaskWarning,
+                    stacklevel=2,
+                )
             mask = self.preprocess.mask(mask_array)
         else:
             mask = self.preprocess.empty_mask()

@@ -80,9 +80,7 @@ def read_visa_csv(
 
 
 class VisADataModule(AnomalyDataModule):
-    """Lightning data module for one VisA object. Masks: any nonzero pixel is a defect."""
-
-    mask_nonzero = True
+    """Lightning data module for one VisA object. Masks: any nonzero pixel is a defect (VisA stores 0/1)."""
 
     def __init__(
         self,

@@ -44,10 +44,13 @@ class PredictionResult:
         score: raw image score (model units; higher = more anomalous).
         normalised_score: ``score`` mapped to ``[0, 1]`` with the image threshold at 0.5
             (None when the model has no image threshold).
-        label: True = defective (``score >= image_threshold``); None without a threshold.
+        label: True = defective (``score >= image_threshold``; also True for a NaN score,
+            which callers should treat as an error: check ``math.isfinite(score)``); None
+            without a threshold.
         anomaly_map: ``[H, W]`` float32 raw pixel scores at the original image size.
         normalised_map: ``[H, W]`` float32 in ``[0, 1]``, pixel threshold at 0.5 (None without one).
-        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold`` (None without a pixel threshold).
+        mask: ``[H, W]`` bool, ``anomaly_map >= pixel_threshold`` (NaN pixels are True; None
+            without a pixel threshold).
         path: the image file, when the input was a path.
     """
 
@@ -229,17 +232,18 @@ class FAPM:
         value = float(score)
         labelled = self.image_threshold is not None
         masked = self.pixel_threshold is not None
+        # Fail closed: "not below the threshold" makes a NaN score / pixel defective, never good.
         return PredictionResult(
             score=value,
             normalised_score=(
                 float(self.thresholds.normalise("image", score.float().cpu(), self.image_threshold)) if labelled else None
             ),
-            label=value >= self.image_threshold if labelled else None,
+            label=(not value < self.image_threshold) if labelled else None,
             anomaly_map=raw.cpu().numpy(),
             normalised_map=(
                 self.thresholds.normalise("pixel", raw, self.pixel_threshold).cpu().numpy() if masked else None
             ),
-            mask=(raw >= self.pixel_threshold).cpu().numpy() if masked else None,
+            mask=(~(raw < self.pixel_threshold)).cpu().numpy() if masked else None,
             path=path,
         )
 

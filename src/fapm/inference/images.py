@@ -2,10 +2,12 @@
 
 Accepted: a file path, a PIL image, a numpy array (``[H, W]``, ``[H, W, 1|3|4]``; uint8,
 uint16, bool or float in [0, 1]) or a tensor (``[3, H, W]``, ``[1, H, W]``, ``[H, W]``;
-uint8 or float in [0, 1]). Greyscale is replicated to RGB, alpha is dropped, 16-bit data
-is scaled by its bit depth (the same rules as :func:`fapm.data.load_rgb`).
+uint8 or float in [0, 1]). Files are read by :mod:`fapm.data.image_io`, the reader training
+and testing use (same formats, EXIF orientation, pixel rules). Greyscale is replicated to
+RGB, alpha is dropped, 16-bit data is scaled by its bit depth. Float data holding NaN or
+±Inf is refused (never scored as some colour).
 
-Size limits (decided here, documented in docs/predict.md): an image needs at least
+Size limits (the same as the data modules', docs/predict.md): an image needs at least
 ``min_side`` pixels on each side (a 1-pixel image cannot be inspected; a 0-byte file is not
 an image) and at most ``max_pixels`` pixels, checked from the file header before decoding
 (so a decompression bomb costs nothing).
@@ -15,20 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from fapm.data import image_io
 from fapm.data.errors import DataError
 from fapm.data.image_io import load_rgb, read_size, to_rgb
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
-#: Smallest accepted side in pixels.
-DEFAULT_MIN_SIDE = 16
+#: Smallest accepted side in pixels (the data modules' :data:`fapm.data.image_io.MIN_SIDE`).
+DEFAULT_MIN_SIDE = image_io.MIN_SIDE
 #: Largest accepted image in pixels (about 7000 × 7000); PIL itself refuses above ~179 M.
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = image_io.MAX_PIXELS
 
 
 class InputError(DataError):
@@ -36,31 +40,28 @@ class InputError(DataError):
 
 
 def check_size(width: int, height: int, source: str, min_side: int, max_pixels: int) -> None:
-    """Error if a ``width × height`` image is too small to inspect or too large to load."""
-    if min(width, height) < min_side:
-        raise InputError(
-            f"{source}: image of {width}x{height} pixels is too small to inspect (min side {min_side} px)"
-        )
-    if width * height > max_pixels:
-        raise InputError(
-            f"{source}: image of {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{max_pixels} pixels (max_pixels)"
-        )
+    """:class:`InputError` if a ``width × height`` image is too small to inspect or too large to load."""
+    try:
+        image_io.check_size(width, height, source, min_side, max_pixels)
+    except DataError as err:
+        raise InputError(str(err)) from None
 
 
 def open_image(path: str | Path, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read an image file as RGB after checking its header size; :class:`InputError` on any problem."""
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
         width, height = read_size(path)
         check_size(width, height, str(path), min_side, max_pixels)
-        image = load_rgb(path)
+        image = load_rgb(path, max_pixels)
     except InputError:
         raise
     except DataError as err:
         raise InputError(str(err)) from err
+    except OSError as err:  # e.g. permission denied on stat
+        raise InputError(f"Cannot read image file {path}: {err}") from err
     check_size(image.width, image.height, str(path), min_side, max_pixels)
     return image
 
@@ -73,9 +74,14 @@ def _array_to_uint8(array: np.ndarray, source: str) -> np.ndarray:
     if array.dtype == np.uint16:
         return np.round(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
-        finite = np.nan_to_num(array.astype(np.float64))
-        scale = 255.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 1.0
-        return np.clip(np.round(finite * scale), 0, 255).astype(np.uint8)
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise InputError(
+                f"{source}: float image holds {bad} NaN or infinite value(s); refusing to guess its pixels"
+            )
+        scale = 255.0 if values.size == 0 or float(values.max()) <= 1.0 else 1.0
+        return np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
         return np.clip(array, 0, 255).astype(np.uint8)
     raise InputError(f"{source}: unsupported array dtype {array.dtype}")
@@ -113,14 +119,19 @@ def to_pil(
     if isinstance(item, (str, Path)):
         return open_image(item, min_side, max_pixels), str(item)
     source = f"input #{index}"
-    if isinstance(item, Image.Image):
-        image = to_rgb(item, source)
-    elif isinstance(item, np.ndarray):
-        image = array_to_pil(item, source)
-    elif isinstance(item, Tensor):
-        image = tensor_to_pil(item, source)
-    else:
-        raise InputError(f"{source}: cannot predict on a {type(item).__name__} (path, PIL image, array or tensor)")
+    try:
+        if isinstance(item, Image.Image):
+            image = to_rgb(item, source)
+        elif isinstance(item, np.ndarray):
+            image = array_to_pil(item, source)
+        elif isinstance(item, Tensor):
+            image = tensor_to_pil(item, source)
+        else:
+            raise InputError(f"{source}: cannot predict on a {type(item).__name__} (path, PIL image, array or tensor)")
+    except InputError:
+        raise
+    except DataError as err:  # e.g. a float PIL image with NaN, an exotic mode
+        raise InputError(str(err)) from err
     check_size(image.width, image.height, source, min_side, max_pixels)
     return image, None
 

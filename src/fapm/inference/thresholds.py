@@ -98,7 +98,7 @@ class Thresholds:
         ``auto`` is the quantile threshold, or None when the model has none (no labels: the
         test set's F1 threshold is never taken silently).
         """
-        value = parse_choice(choice)
+        value = parse_choice(choice, "threshold" if level == "image" else "pixel_threshold")
         if isinstance(value, float):
             return value
         stored = self.level(level)
@@ -171,19 +171,30 @@ class Thresholds:
         )
 
 
-def parse_choice(choice: str | float | int) -> str | float:
-    """``auto | quantile | f1`` stay strings; numbers (or numeric strings) become floats."""
+def parse_choice(choice: str | float | int, key: str = "threshold") -> str | float:
+    """``auto | quantile | f1`` stay strings; numbers (or numeric strings) become finite floats.
+
+    ``key`` names the setting in the error (``threshold``, ``pixel_threshold``). NaN and ±Inf
+    are refused: a NaN threshold compares false with every score, i.e. "all good".
+    """
     if isinstance(choice, bool):
-        raise ThresholdError(f"threshold must be auto, quantile, f1 or a number, got {choice!r}")
+        raise ThresholdError(f"{key} must be auto, quantile, f1 or a number, got {choice!r}")
     if isinstance(choice, (int, float)):
-        return float(choice)
-    text = str(choice).strip().lower()
-    if text in CHOICES:
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise ThresholdError(f"threshold must be auto, quantile, f1 or a number, got {choice!r}") from None
+        value = float(choice)
+    else:
+        text = str(choice).strip().lower()
+        if text in CHOICES:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise ThresholdError(f"{key} must be auto, quantile, f1 or a number, got {choice!r}") from None
+    if not math.isfinite(value):
+        raise ThresholdError(
+            f"{key} must be auto, quantile, f1 or a number, got {choice!r} "
+            "(a NaN or infinite threshold would label every image the same)"
+        )
+    return value
 
 
 def normalise(values: Tensor, threshold: float, lo: float | None = None, hi: float | None = None) -> Tensor:

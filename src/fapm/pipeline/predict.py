@@ -1,38 +1,97 @@
-"""``predict(cfg)``: load a model file and score an image, a folder or a glob pattern."""
+"""``predict(cfg)``: load a model file and score an image, a folder or a glob pattern.
+
+Everything that can be checked without the model is checked first, in this order, each with
+one error naming the key or path (:data:`SETUP_ERRORS`): the predict settings, the device,
+the output folder (created and locked for the run). Only then is the model file loaded.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from fapm.data.errors import DataError
 from fapm.inference.api import FAPM
-from fapm.inference.predict import PredictSummary, predict_files
+from fapm.inference.predict import OutputFolder, PredictError, PredictSummary, check_device, predict_files
+from fapm.inference.thresholds import ThresholdError, parse_choice
+from fapm.model_file import ModelFileError
 
 log = logging.getLogger(__name__)
 
+#: What a predict run reports as one line (exit code 2) instead of a traceback.
+SETUP_ERRORS: tuple[type[Exception], ...] = (PredictError, ThresholdError, ModelFileError, DataError)
+
+
+def _integer(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PredictError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _flag(cfg: Mapping[str, Any], key: str) -> bool:
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise PredictError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def check_settings(cfg: Mapping[str, Any]) -> None:
+    """The predict keys of ``conf/predict.yaml``: types and ranges, before any work.
+
+    Raises:
+        PredictError / ThresholdError: naming the first bad key and what it accepts.
+    """
+    for key in ("ckpt_path", "input", "output"):
+        if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
+            raise PredictError(f"{key} is required: python predict.py ckpt_path=<model.pt> input=<image|folder|glob>")
+        if not isinstance(cfg[key], str) or not cfg[key].strip():
+            raise PredictError(f"{key} must be a path, got {cfg[key]!r}")
+    parse_choice(cfg["threshold"], "threshold")
+    parse_choice(cfg["pixel_threshold"], "pixel_threshold")
+    _integer(cfg, "batch_size", 1)
+    _integer(cfg, "min_side", 1)
+    _integer(cfg, "max_pixels", 1)
+    for key in ("overlays", "masks", "progress", "overwrite"):
+        _flag(cfg, key)
+    alpha = cfg["overlay_alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise PredictError(f"overlay_alpha must be a number in [0, 1], got {alpha!r}")
+
 
 def predict(cfg: DictConfig) -> PredictSummary:
-    """Score ``cfg.input`` with the model in ``cfg.ckpt_path``; results go to ``cfg.output``."""
-    model = FAPM.load(
-        cfg.ckpt_path,
-        device=cfg.device,
-        threshold=cfg.threshold,
-        pixel_threshold=cfg.pixel_threshold,
-        min_side=cfg.min_side,
-        max_pixels=cfg.max_pixels,
-    )
-    log.info("%r", model)
-    summary = predict_files(
-        model,
-        cfg.input,
-        cfg.output,
-        batch_size=cfg.batch_size,
-        write_overlays=cfg.overlays,
-        write_masks=cfg.masks,
-        alpha=cfg.overlay_alpha,
-        progress=cfg.progress,
-    )
+    """Score ``cfg.input`` with the model in ``cfg.ckpt_path``; results go to ``cfg.output``.
+
+    Raises:
+        one of :data:`SETUP_ERRORS` before any image is read (bad setting, device, output
+        folder, model file).
+    """
+    check_settings(cfg)
+    device = check_device(cfg.device)
+    with OutputFolder(cfg.output, overwrite=cfg.overwrite) as output:
+        model = FAPM.load(
+            cfg.ckpt_path,
+            device=device,
+            threshold=cfg.threshold,
+            pixel_threshold=cfg.pixel_threshold,
+            min_side=cfg.min_side,
+            max_pixels=cfg.max_pixels,
+        )
+        log.info("%r", model)
+        summary = predict_files(
+            model,
+            cfg.input,
+            output,
+            batch_size=cfg.batch_size,
+            write_overlays=cfg.overlays,
+            write_masks=cfg.masks,
+            alpha=cfg.overlay_alpha,
+            progress=cfg.progress,
+        )
+    skipped = f", {summary.skipped} skipped" if summary.skipped else ""
     if model.has_labels:
         decided = (
             f"{summary.defective} defective; image threshold {model.image_threshold:.4g}, pixel threshold "
@@ -44,8 +103,8 @@ def predict(cfg: DictConfig) -> PredictSummary:
             "data.normal_holdout=0); pass threshold=<number>, or threshold=f1 for the test set's F1-max threshold"
         )
     print(
-        f"predict: {summary.scored} scored, {summary.failed} failed in {summary.seconds:.1f} s; {decided}\n"
-        f"  results: {summary.files['results_csv']}"
+        f"predict: {summary.scored} scored, {summary.failed} failed{skipped} in {summary.seconds:.1f} s; "
+        f"{decided}\n  results: {summary.files['results_csv']}"
     )
     if summary.message:
         print(f"  {summary.message}")
