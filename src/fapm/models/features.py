@@ -228,7 +228,7 @@ class FeatureExtractor(nn.Module):
             warnings.warn(
                 f"backbone {name}: running with RANDOM weights ({source.detail}). Random features "
                 "score near chance on real photographs; use ImageNet or local weights for real data.",
-                stacklevel=2,
+                stacklevel=1,  # attributed to this file: the caller is usually Hydra's instantiate
             )
 
     # --------------------------------------------------------------- building
