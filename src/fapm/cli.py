@@ -26,7 +26,9 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from hydra.experimental.callback import Callback
 
 from fapm.errors import UsageError, exit_code_for, find_user_error, hint_for
 
@@ -75,6 +77,19 @@ Runs go to ./logs and the demo data to ./data (set FAPM_ROOT to use another fold
 
 
 # ----------------------------------------------------------------------------------- tasks
+class RecordSweep(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): remembers the multirun folder.
+
+    Called in the launching process whatever the launcher (local, joblib, submitit), so that
+    the final error message of a sweep can count its failed jobs.
+    """
+
+    sweep_dir: ClassVar[Path | None] = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        RecordSweep.sweep_dir = Path(config.hydra.sweep.dir)
+
+
 def _check_sweep_mode() -> None:
     """Refuse a sweep config (``experiment=mvtec_all``) run without ``-m``.
 
@@ -219,14 +234,9 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
     config_name, description = HYDRA_COMMANDS[command]
     task = TASKS[command]
     results: list[Any] = []
-    sweep_dirs: list[Path] = []
+    RecordSweep.sweep_dir = None
 
     def task_function(cfg: Any) -> Any:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            sweep_dirs.append(Path(HydraConfig.get().sweep.dir))
         with console.session(cfg.get("runtime")):
             _check_sweep_mode()
             result = task(cfg)
@@ -254,7 +264,7 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
         return max((_exit_code_of(command, r) for r in results), default=0)
 
     # A multirun raises the first failed job's error once every job has run.
-    return _guarded(command, run, verbose, lambda: sweep_dirs[0] if sweep_dirs else None)
+    return _guarded(command, run, verbose, lambda: RecordSweep.sweep_dir)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -394,4 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m fapm.cli`: run the imported module's main, so that there is one RecordSweep
+    # class (Hydra imports fapm.cli by name; this file is running as __main__).
+    from fapm.cli import main as imported_main
+
+    sys.exit(imported_main())
