@@ -43,8 +43,10 @@ class UsageError(FapmError):
     hint = "see `fapm --help` or `fapm <command> --help`"
 
 
-#: Error types that predate :class:`FapmError`: ``"module:Class" -> hint``. Resolved lazily.
+#: Error types that predate :class:`FapmError`: ``"module:Class" -> hint``. Resolved lazily;
+#: a subclass comes before its base (the first match gives the hint).
 USER_ERROR_TYPES: dict[str, str] = {
+    "fapm.inference.images:InputError": "check input= (an image, a folder or a quoted glob; docs/predict.md)",
     "fapm.data.errors:DataError": "check data.root and data.category (README: MVTec AD and your own data)",
     "fapm.models.features:BackboneError": "check the backbone.* keys (README: Backbone weights)",
     "fapm.models.patch_memory:GridError": "model.grid must divide every feature map of the backbone",
@@ -67,6 +69,7 @@ CONFIG_ERROR_TYPES: dict[str, str] = {
 
 #: Wrappers whose ``__cause__`` is the real error (Hydra wraps what a ``_target_`` raises).
 WRAPPER_TYPES: tuple[str, ...] = ("hydra.errors:InstantiationException",)
+
 
 def _resolve(spec: str) -> type[BaseException] | None:
     module, _, name = spec.partition(":")
