@@ -38,6 +38,7 @@ class ConfigError(FapmError, ValueError):
     """One or more configuration values that are missing, of the wrong type or out of range."""
 
     hint = "fix the named key(s) on the command line or in the config file"
+    exit_code = 2  # a usage error: the command line or a config file is wrong
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)

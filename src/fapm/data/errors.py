@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from fapm.errors import FapmError
 
-class DataError(ValueError):
+
+class DataError(FapmError, ValueError):
     """A dataset file or folder is missing, unreadable or inconsistent.
 
     The message always names the offending path, so it can be shown to the user as is.
     """
+
+    hint = "check data.root and data.category (README: MVTec AD and your own data)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -133,6 +134,8 @@ class MVTecDataModule(AnomalyDataModule):
                     f"generate_demo=True but {self.category!r} is not a demo category "
                     f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
                 )
+            logging.getLogger(__name__).info("generating the demo category %r in %s (once)", self.category,
+                                             self.root / self.category)
             generate_demo(self.root, categories=[self.category], seed=self.demo_seed)
 
     def build_records(self) -> tuple[list[SampleRecord], list[SampleRecord]]:

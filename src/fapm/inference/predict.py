@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from fapm.errors import FapmError
 from fapm.data.image_io import IMAGE_EXTENSIONS
 from fapm.inference.api import FAPM, PredictionResult
 from fapm.inference.images import InputError, open_image
@@ -58,7 +59,7 @@ RESULT_FIELDS = ("path", "score", "normalised_score", "label", "width", "height"
 _GLOB_CHARS = frozenset("*?[")
 
 
-class PredictError(ValueError):
+class PredictError(FapmError, ValueError):
     """A predict run that cannot start (bad setting, output folder, device); the message names the key or path."""
 
 

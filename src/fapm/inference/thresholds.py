@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fapm.errors import FapmError
 from fapm.data.sampling import drop_padding
 from fapm.distributed import all_gather_rows
 from fapm.metrics import names
@@ -40,8 +41,10 @@ LEVELS = ("image", "pixel")
 CHOICES = ("auto", "quantile", "f1")
 
 
-class ThresholdError(ValueError):
+class ThresholdError(FapmError, ValueError):
     """A threshold that was asked for but is not in the model file, or a bad threshold setting."""
+
+    hint = "see docs/predict.md for the threshold choices"
 
 
 def _finite_or_none(value: Any) -> float | None:

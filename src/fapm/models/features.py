@@ -9,6 +9,8 @@ aggregation, 3×3 / stride 1 / padding 1 by default).
 
 from __future__ import annotations
 
+from fapm.errors import FapmError
+
 import hashlib
 import logging
 import os
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 PretrainedMode = Literal["auto", "true", "false"]
 
 
-class BackboneError(ValueError):
+class BackboneError(FapmError, ValueError):
     """A backbone, layer or weight-file problem that the user must fix in the config."""
+
+    hint = "check the backbone.* keys (README: Backbone weights)"
 
 
 @dataclass
@@ -228,7 +232,7 @@ class FeatureExtractor(nn.Module):
             warnings.warn(
                 f"backbone {name}: running with RANDOM weights ({source.detail}). Random features "
                 "score near chance on real photographs; use ImageNet or local weights for real data.",
-                stacklevel=2,
+                stacklevel=1,  # attributed to this file: the caller is usually Hydra's instantiate
             )
 
     # --------------------------------------------------------------- building

@@ -12,14 +12,18 @@ search: their squared norms are +inf.
 
 from __future__ import annotations
 
+from fapm.errors import FapmError
+
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 
-class GridError(ValueError):
+class GridError(FapmError, ValueError):
     """A patch grid that does not fit a feature map."""
+
+    hint = "model.grid must divide every feature map of the backbone"
 
 
 def check_grid(height: int, width: int, grid: tuple[int, int], what: str = "feature map") -> tuple[int, int]:

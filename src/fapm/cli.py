@@ -1,0 +1,413 @@
+"""The ``fapm`` command: ``fapm train|eval|predict|report|export ...``.
+
+``train``, ``eval`` and ``predict`` are Hydra applications on the packaged configs
+(``fapm.conf``): everything after the command is passed to Hydra unchanged (``key=value``
+overrides, ``-m`` for a multirun, ``--cfg job``, ``--help``). ``report`` and ``export`` are
+plain ``argparse`` commands. ``python train.py`` / ``eval.py`` / ``predict.py`` / ``report.py``
+call :func:`main` with the same arguments.
+
+Errors (see :mod:`fapm.errors`): a user error (bad path, data, weights file, config value)
+prints ``error: <message>`` and a ``hint:`` line and exits with status 1; a wrong override or
+a missing required value exits with status 2; the traceback is shown only with ``--verbose``
+or ``HYDRA_FULL_ERROR=1``. Any other exception is a bug and keeps its traceback. In a
+multirun every job still runs: a failing job is recorded as failed in its ``metrics.json``
+and the sweep reports the first failure at the end.
+
+Where runs go: ``paths.root_dir`` is ``$FAPM_ROOT`` when set; the ``fapm`` command sets it to
+the current directory (``./data``, ``./logs``), ``python train.py`` to the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hydra.experimental.callback import Callback
+
+from fapm.errors import UsageError, exit_code_for, find_user_error, hint_for
+
+PROG = "fapm"
+
+#: Hydra commands: name → (config name in fapm.conf, one-line description).
+HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "fit a detector on a dataset, test it, save model.safetensors and metrics.json"),
+    "eval": ("eval", "test a saved model.safetensors on a dataset (by default the one it was fitted on)"),
+    "predict": ("predict", "score an image, a folder or a glob with a saved model.safetensors"),
+}
+OTHER_COMMANDS: dict[str, str] = {
+    "report": "result tables (Markdown + CSV) from run or multirun folders",
+    "export": "write a deployable model file from a model.safetensors (TorchScript)",
+}
+
+#: Export formats the command accepts: name → default file suffix (next to the model file).
+EXPORT_FORMATS: dict[str, str] = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "openvino": ".xml"}
+
+
+def _export_torchscript(model: Any, out: Path) -> Path:
+    return model.export(out)
+
+
+#: The implemented ones: name → ``exporter(loaded FAPM model, output path) -> written path``.
+#: A format of :data:`EXPORT_FORMATS` without an exporter is refused with a usage error.
+EXPORTERS: dict[str, Callable[[Any, Path], Path]] = {"torchscript": _export_torchscript}
+
+VERBOSE_FLAG = "--verbose"
+CONFIG_SOURCE = "pkg://fapm.conf"
+
+EPILOG = """\
+examples:
+  fapm train                                        FAPM on the built-in demo (generated on first use)
+  fapm train model=patchcore data.category=weave    any config key: key=value
+  fapm train -m data.category=bracket,weave         a multirun: one job per value
+  fapm train data=mvtec data.root=/data/mvtec data.category=screw
+  fapm eval ckpt_path=logs/train/runs/<time>/model.safetensors
+  fapm predict ckpt_path=logs/train/runs/<time>/model.safetensors input=<image|folder|glob>
+  fapm report logs/train/multiruns/<time>
+  fapm export logs/train/runs/<time>/model.safetensors
+
+`fapm <command> --help` shows a command's options (and config groups for train/eval/predict).
+Runs go to ./logs and the demo data to ./data (set FAPM_ROOT to use another folder).
+"""
+
+
+# ----------------------------------------------------------------------------------- tasks
+class RecordSweep(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): remembers the multirun folder.
+
+    Called in the launching process whatever the launcher (local, joblib, submitit), so that
+    the final error message of a sweep can count its failed jobs.
+    """
+
+    sweep_dir: ClassVar[Path | None] = None
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        RecordSweep.sweep_dir = Path(config.hydra.sweep.dir)
+
+
+def _check_sweep_mode() -> None:
+    """Refuse a sweep config (``experiment=mvtec_all``) run without ``-m``.
+
+    Without ``-m`` Hydra ignores ``hydra.sweeper.params`` and would silently run only the
+    first value. A swept key that is also given on the command line is fine (one job).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:
+        return
+    params = hydra_cfg.sweeper.get("params") or {}
+    given = {override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
+    missing = [key for key in params if key not in given]
+    if missing:
+        swept = ", ".join(f"{key}={params[key]}" for key in missing)
+        args = " ".join(hydra_cfg.overrides.task)
+        raise UsageError(
+            f"this config sweeps {swept} (hydra.sweeper.params), which only runs as a multirun",
+            hint=f"add -m to run every job: fapm {hydra_cfg.job.name} -m {args}; "
+            f"or pick one value, e.g. {missing[0]}=<value>",
+        )
+
+
+def _train_task(cfg: Any) -> Any:
+    from fapm.pipeline.train import train
+
+    metrics = train(cfg)
+    # The value a Hydra sweeper optimises (e.g. Optuna).
+    return metrics.get(cfg.get("optimized_metric") or "image_auroc")
+
+
+def _eval_task(cfg: Any) -> Any:
+    from fapm.pipeline.evaluate import evaluate
+
+    return evaluate(cfg).get("image_auroc")
+
+
+def _predict_task(cfg: Any) -> Any:
+    from fapm.pipeline.predict import predict
+
+    return predict(cfg)
+
+
+TASKS: dict[str, Callable[[Any], Any]] = {"train": _train_task, "eval": _eval_task, "predict": _predict_task}
+
+
+def _exit_code_of(command: str, result: Any) -> int:
+    """``predict`` exits 1 when no image could be scored (docs/predict.md); others 0."""
+    return int(getattr(result, "exit_code", 0) or 0) if command == "predict" else 0
+
+
+# ----------------------------------------------------------------------------------- errors
+def report_error(
+    error: BaseException, command: str, verbose: bool, multirun: bool = False, sweep_dir: Path | None = None
+) -> int:
+    """Print ``error`` for the console; returns the exit status (1 user error, 2 usage, 1 bug).
+
+    ``multirun``: the error is the first failed job of a sweep (in ``sweep_dir``, when known).
+    """
+    user = find_user_error(error)
+    if user is None:  # a bug: everything that helps to find it
+        traceback.print_exception(error)
+        print(f"{PROG} {command}: unexpected error (a bug? please report it with the traceback above)",
+              file=sys.stderr)
+        return 1
+    # predict: 1 means "no image could be scored", so a run that could not start exits 2
+    code = 2 if command == "predict" else exit_code_for(user)
+    if verbose:
+        traceback.print_exception(error)
+        return code
+    message = _clean_message(user)
+    where = f"{PROG} {command}" + (f" -m ({_sweep_outcome(sweep_dir)})" if multirun else "")
+    print(f"{where}: error: {message}", file=sys.stderr)
+    hint = hint_for(user).replace("<command>", command)
+    print(f"  hint: {hint + ' ' if hint else ''}(traceback: {VERBOSE_FLAG})", file=sys.stderr)
+    return code
+
+
+def _sweep_outcome(sweep_dir: Path | None) -> str:
+    """``"2 of 3 job(s) failed ..."`` from the sweep's metrics.json files (best effort)."""
+    if sweep_dir is not None:
+        try:
+            from fapm.reporting import collect_runs
+
+            runs = collect_runs([sweep_dir])
+            failed = sum(not r.ok for r in runs)
+            return f"{failed} of {len(runs)} job(s) failed, see `{PROG} report {sweep_dir}`; the first failure"
+        except Exception:  # noqa: BLE001 - the error itself is reported either way
+            pass
+    return "a job failed, the others ran; each job's metrics.json has its status; the first failure"
+
+
+#: Lines of Hydra/OmegaConf messages that describe their internals, not the user's mistake.
+_INTERNAL_LINES = ("full_key:", "object_type=", "reference_type=", "Config search path:", "provider=")
+
+
+def _clean_message(error: BaseException) -> str:
+    """The error's message; for Hydra/OmegaConf errors without their internal detail lines."""
+    from fapm.errors import config_error_types
+
+    text = str(error).strip() or type(error).__name__
+    cause = error.__cause__
+    if isinstance(error, config_error_types()) and cause is not None and str(cause) not in text:
+        text += f"\n{cause}"  # OmegaConf's reason behind a composition error ("Key 'x' is not in struct")
+    if not isinstance(error, config_error_types()):
+        return text
+    kept = [line for line in text.splitlines() if not line.strip().startswith(_INTERNAL_LINES)]
+    return "\n".join(kept).strip()
+
+
+def _exit_status(code: object) -> int:
+    """``SystemExit.code`` as an exit status (None → 0, a message → 1)."""
+    return code if isinstance(code, int) else 0 if code is None else 1
+
+
+def _guarded(
+    command: str, run: Callable[[], int], verbose: bool, sweep_dir: Callable[[], Path | None] = lambda: None
+) -> int:
+    """``run()``'s exit status; an exception is reported (:func:`report_error`) instead of raised.
+
+    ``sweep_dir()``: the multirun folder once a job of a sweep has started, else None.
+    """
+    try:
+        return run()
+    except SystemExit as done:  # --help, argparse usage errors: keep their status, return it
+        return _exit_status(done.code)
+    except KeyboardInterrupt:
+        print(f"{PROG} {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the command line's last stop: report and exit
+        sweep = sweep_dir()
+        return report_error(error, command, verbose, multirun=sweep is not None, sweep_dir=sweep)
+
+
+# ----------------------------------------------------------------------------------- hydra
+def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
+    """Run a Hydra command (``train``/``eval``/``predict``) with ``args`` as its command line."""
+    import hydra
+
+    from fapm import console
+
+    config_name, description = HYDRA_COMMANDS[command]
+    task = TASKS[command]
+    results: list[Any] = []
+    RecordSweep.sweep_dir = None
+
+    def task_function(cfg: Any) -> Any:
+        with console.session(cfg.get("runtime")):
+            _check_sweep_mode()
+            result = task(cfg)
+        results.append(result)
+        return result
+
+    task_function.__module__ = f"fapm.{command}"  # Hydra names the job after it (hydra.job.name)
+    app = hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name=config_name)(task_function)
+    if any(a in ("-h", "--help") for a in args):
+        print(f"{PROG} {command}: {description}\n")
+
+    def run() -> int:
+        saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+        sys.argv = [f"{PROG} {command}", *args]
+        # Hydra then raises instead of printing its own traceback and exiting; report_error decides.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            app()
+        finally:
+            sys.argv = saved_argv
+            if saved_env is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = saved_env
+        return max((_exit_code_of(command, r) for r in results), default=0)
+
+    # A multirun raises the first failed job's error once every job has run.
+    return _guarded(command, run, verbose, lambda: RecordSweep.sweep_dir)
+
+
+# ---------------------------------------------------------------------------------- report
+def report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} report",
+        description="Turn run folders into result tables: reads every job's metrics.json (jobs without one "
+        "are reported as failed), prints the Markdown tables and writes report.md plus one .md/.csv per "
+        "table into --out. Exits with status 1 when some run failed.",
+    )
+    parser.add_argument("runs", nargs="+", help="multirun folder(s), run folder(s), metrics.json files or globs")
+    parser.add_argument(
+        "--by",
+        choices=["auto", "category", "model", "both"],
+        default="auto",
+        help="table rows: per category (paper Table 1), per model (Table 2); auto = from what varies",
+    )
+    parser.add_argument("--out", default=None, help="folder for report.md and the CSV files (default: first run path)")
+    return parser
+
+
+def report_main(argv: Sequence[str]) -> int:
+    """``fapm report <runs...> [--by ...] [--out DIR]`` (also ``python report.py``)."""
+    parser = report_parser()
+    args = parser.parse_args(list(argv))
+
+    from fapm.reporting import collect_runs, write_report
+    from fapm.reporting.table import build_tables, to_markdown
+
+    runs = collect_runs(args.runs)
+    if not runs:
+        parser.error(f"no run folders (with metrics.json or .hydra/config.yaml) under {args.runs}")
+    first = Path(args.runs[0])
+    out = Path(args.out) if args.out else first if first.is_dir() else Path.cwd()
+    for table in build_tables(runs, args.by).values():
+        print(to_markdown(table))
+    written = write_report(runs, out, args.by)
+    print(f"{len(runs)} run(s); wrote {', '.join(p.name for p in written)} to {out}")
+    return 1 if any(not r.ok for r in runs) else 0
+
+
+# ---------------------------------------------------------------------------------- export
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} export",
+        description="Write a deployable file of a model.safetensors's whole scoring path (normalisation, backbone, "
+        "memory search, map and score). TorchScript runs with torch alone (docs/predict.md).",
+    )
+    parser.add_argument("model", help="a model.safetensors written by `fapm train`")
+    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="torchscript",
+                        help="file format (default: torchscript)")
+    parser.add_argument("--out", default=None,
+                        help="output file (default: next to the model, e.g. model.torchscript.pt)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu | cuda | cuda:<n> | auto: the graph keeps the device it is exported on")
+    return parser
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``fapm export <model.safetensors> [--format torchscript] [--out FILE] [--device cpu]``."""
+    args = export_parser().parse_args(list(argv))
+    exporter = EXPORTERS.get(args.format)
+    if exporter is None:
+        raise UsageError(f"--format {args.format} is not available in this version",
+                         hint=f"use --format {' or '.join(EXPORTERS)}")
+    model_path = Path(args.model)
+    out = Path(args.out) if args.out else model_path.with_name(model_path.stem + EXPORT_FORMATS[args.format])
+
+    from fapm.inference.api import FAPM
+
+    written = exporter(FAPM.load(model_path, device=args.device), out)
+    print(f"exported {model_path} -> {written} ({args.format})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ main
+def _usage() -> str:
+    width = max(map(len, [*HYDRA_COMMANDS, *OTHER_COMMANDS]))
+    lines = [
+        f"usage: {PROG} <command> [arguments] [{VERBOSE_FLAG}]",
+        "",
+        "FAPM (Fast Adaptive Patch Memory) anomaly detection, with PatchCore, the paper's ablations and LAMP.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {desc}" for name, (_, desc) in HYDRA_COMMANDS.items()),
+        *(f"  {name:<{width}}  {desc}" for name, desc in OTHER_COMMANDS.items()),
+        "",
+        "options:",
+        f"  {'-h, --help':<{width + 8}}  this message",
+        f"  {'--version':<{width + 8}}  the installed version",
+        f"  {VERBOSE_FLAG:<{width + 8}}  show the full traceback of an error (same as HYDRA_FULL_ERROR=1)",
+        "",
+        EPILOG,
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _default_env(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name]`` defaults to ``value`` inside the block (for in-process callers)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fapm`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = VERBOSE_FLAG in args or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    args = [a for a in args if a != VERBOSE_FLAG]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from fapm import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command in (*HYDRA_COMMANDS, *OTHER_COMMANDS):
+        # The installed command works in the current directory unless FAPM_ROOT says otherwise
+        # (python train.py sets FAPM_ROOT to the repository root before calling main).
+        with _default_env("FAPM_ROOT", os.getcwd()):
+            if command in HYDRA_COMMANDS:
+                return run_hydra(command, rest, verbose)
+            if command == "report":
+                return _guarded(command, lambda: report_main(rest), verbose)
+            return _guarded(command, lambda: export_main(rest), verbose)
+    known = ", ".join([*HYDRA_COMMANDS, *OTHER_COMMANDS])
+    print(f"{PROG}: unknown command {command!r} (choose from {known}; see `{PROG} --help`)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    # `python -m fapm.cli`: run the imported module's main, so that there is one RecordSweep
+    # class (Hydra imports fapm.cli by name; this file is running as __main__).
+    from fapm.cli import main as imported_main
+
+    sys.exit(imported_main())
