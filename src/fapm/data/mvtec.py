@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,8 @@ from fapm.data.errors import DataError
 from fapm.data.image_io import list_images
 from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
 from fapm.data.transforms import Preprocess
+
+log = logging.getLogger(__name__)
 
 #: The 15 MVTec AD categories.
 MVTEC_CATEGORIES: tuple[str, ...] = (
@@ -118,16 +121,36 @@ class MVTecDataModule(AnomalyDataModule):
         self.demo_seed = demo_seed
 
     def prepare_data(self) -> None:
-        """Generate the demo category if asked to and it is not there yet."""
-        if self.generate_demo and not (self.root / self.category).exists():
-            from fapm.data.demo import DEMO_CATEGORIES, generate_demo
+        """Generate the demo category if asked to and it is missing or incomplete.
 
-            if self.category not in DEMO_CATEGORIES:
-                raise DataError(
-                    f"generate_demo=True but {self.category!r} is not a demo category "
-                    f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
-                )
-            generate_demo(self.root, categories=[self.category], seed=self.demo_seed)
+        Safe when parallel jobs start together: :func:`fapm.data.demo.generate_demo` locks
+        the category, so one job writes it and the others wait, then use it. A category that
+        is already there is kept with the arguments that wrote it (only files missing from it
+        are a reason to write it again); a folder that is not a generated demo is used as is.
+        """
+        if not self.generate_demo:
+            return
+        from fapm.data.demo import DEMO_CATEGORIES, generate_demo, marker_arguments, read_demo_marker
+
+        target = self.root / self.category
+        marker = read_demo_marker(target)
+        if target.exists() and marker is None:
+            return  # the user's own images under the demo root
+        if self.category not in DEMO_CATEGORIES:
+            raise DataError(
+                f"generate_demo=True but {self.category!r} is not a demo category "
+                f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
+            )
+        arguments = {"seed": self.demo_seed}
+        if marker is not None:
+            arguments = marker_arguments(marker)
+            if arguments.get("seed") != self.demo_seed:
+                log.warning(
+                    "data.demo_seed=%s but %s was generated with seed %s: using it as it is "
+                    "(delete it, or choose another data.root, to generate seed %s)",
+                    self.demo_seed, target, arguments.get("seed"), self.demo_seed,
+                )  # fmt: skip
+        generate_demo(self.root, categories=[self.category], **arguments)
 
     def build_records(self) -> tuple[list[SampleRecord], list[SampleRecord]]:
         return mvtec_train_records(self.root, self.category), mvtec_test_records(self.root, self.category)
