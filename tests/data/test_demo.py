@@ -230,6 +230,24 @@ def test_a_generation_killed_halfway_is_detected_and_redone(tmp_path: Path) -> N
     assert not list(root.glob(".bracket.tmp-*"))
 
 
+def test_a_root_that_refuses_locks_is_still_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fapm.data.demo as demo
+
+    root = generate_demo(tmp_path / "d", ["weave"], **TINY)
+    before = _files(root / "weave")
+
+    class ReadOnlyLock:  # what a read-only shared data folder answers
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def acquire(self, timeout: float | None = None) -> None:
+            raise PermissionError(13, "Permission denied", self.path)
+
+    monkeypatch.setattr(demo, "FileLock", ReadOnlyLock)
+    generate_demo(root, ["weave"], **TINY)  # complete: nothing to write, no error
+    assert _files(root / "weave") == before
+
+
 def test_missing_files_are_generated_again(tmp_path: Path) -> None:
     root = generate_demo(tmp_path / "d", ["weave"], **TINY)
     before = _files(root / "weave")

@@ -589,7 +589,7 @@ def _category_lock(root: Path, category: str) -> Iterator[None]:
             log.info("another process is generating %s; waiting for it", root / category)
             lock.acquire()
     except OSError as error:
-        log.warning("cannot lock %s (%s); generating without a lock", lock_path(root, category), error)
+        log.warning("cannot lock %s (%s); going on without a lock", lock_path(root, category), error)
         yield
         return
     try:
