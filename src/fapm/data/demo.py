@@ -567,6 +567,21 @@ def marker_arguments(marker: dict[str, Any]) -> dict[str, int]:
     return {k: int(marker[k]) for k in keys if k in marker}
 
 
+def is_complete_demo(folder: str | Path) -> bool:
+    """Whether ``folder`` is a generated demo category with every file its marker promises.
+
+    Reads only (no lock): a category is renamed into place whole, so a complete one stays so.
+    """
+    marker = read_demo_marker(folder)
+    if marker is None or marker.get("category") not in _CATEGORIES:
+        return False
+    try:
+        settings = _settings(**marker_arguments(marker))
+    except TypeError:  # a marker without some argument: not one this version wrote
+        return False
+    return not _missing_files(Path(folder), marker["category"], settings)
+
+
 def lock_path(root: str | Path, category: str) -> Path:
     """The lock file guarding the generation of ``<root>/<category>`` (it stays on disk, empty)."""
     return Path(root) / f".{category}.lock"

@@ -130,26 +130,27 @@ class MVTecDataModule(AnomalyDataModule):
         """
         if not self.generate_demo:
             return
-        from fapm.data.demo import DEMO_CATEGORIES, generate_demo, marker_arguments, read_demo_marker
+        from fapm.data.demo import DEMO_CATEGORIES, generate_demo, is_complete_demo, marker_arguments, read_demo_marker
 
         target = self.root / self.category
         marker = read_demo_marker(target)
         if target.exists() and marker is None:
             return  # the user's own images under the demo root
+        if marker is not None and marker.get("seed") != self.demo_seed:
+            log.warning(
+                "data.demo_seed=%s but %s was generated with seed %s: using it as it is "
+                "(delete it, or choose another data.root, to generate seed %s)",
+                self.demo_seed, target, marker.get("seed"), self.demo_seed,
+            )  # fmt: skip
+        if marker is not None and is_complete_demo(target):
+            return
         if self.category not in DEMO_CATEGORIES:
             raise DataError(
                 f"generate_demo=True but {self.category!r} is not a demo category "
                 f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
             )
-        arguments = {"seed": self.demo_seed}
-        if marker is not None:
-            arguments = marker_arguments(marker)
-            if arguments.get("seed") != self.demo_seed:
-                log.warning(
-                    "data.demo_seed=%s but %s was generated with seed %s: using it as it is "
-                    "(delete it, or choose another data.root, to generate seed %s)",
-                    self.demo_seed, target, arguments.get("seed"), self.demo_seed,
-                )  # fmt: skip
+        # Missing: generate it. Incomplete: again, with the arguments that wrote it.
+        arguments = marker_arguments(marker) if marker is not None else {"seed": self.demo_seed}
         generate_demo(self.root, categories=[self.category], **arguments)
 
     def build_records(self) -> tuple[list[SampleRecord], list[SampleRecord]]:
