@@ -118,9 +118,11 @@ def _check_sweep_mode() -> None:
 def _train_task(cfg: Any) -> Any:
     from fapm.pipeline.train import train
 
-    metrics = train(cfg)
-    # The value a Hydra sweeper optimises (e.g. Optuna).
-    return metrics.get(cfg.get("optimized_metric") or "image_auroc")
+    from fapm.reporting.runs import optimized_value
+
+    metrics = train(cfg)  # checks optimized_metric before any work
+    # The value a Hydra sweeper optimises (hparams_search=fapm_optuna).
+    return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
 def _eval_task(cfg: Any) -> Any:

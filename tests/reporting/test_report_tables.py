@@ -172,3 +172,22 @@ def test_write_report_and_cli(sweep: Path, tmp_path: Path, capsys: pytest.Captur
     write_job(ok_only, 0, ok_metrics("a"))
     assert cli.main([str(ok_only)]) == 0
     assert (ok_only / "by_category.csv").is_file()  # default --out: the folder given
+
+
+def test_a_hyperparameter_sweep_shows_the_values_that_differ(tmp_path: Path) -> None:
+    common = ["backbone=resnet18", "data.category=bracket", "paths.log_dir=/x"]
+    for num, (d_th, k) in enumerate([("0.024156772025296234", "8"), ("0.5", "2")]):
+        job = write_job(tmp_path, num, ok_metrics("bracket", image=0.8 + 0.1 * num))
+        overrides = [f"model.d_th={d_th}", f"model.k={k}", "+model.grid=[7,7]", *common]
+        (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    runs = collect_runs([tmp_path])
+    assert runs[0].overrides["model.grid"] == "[7,7]"  # `+` dropped
+    table = category_table(runs)
+    assert [c.key for c in table.columns[:2]] == ["category", "settings"]
+    # Only what differs between the runs; sampled floats shortened.
+    assert [row["settings"] for row in table.rows[:2]] == ["model.d_th=0.02416 model.k=8", "model.d_th=0.5 model.k=2"]
+    plain = tmp_path / "plain"  # a category sweep: nothing else differs, no such column
+    for num, category in enumerate(["a", "b"]):
+        job = write_job(plain, num, ok_metrics(category))
+        (job / ".hydra" / "overrides.yaml").write_text(f"- data.category={category}\n- backbone=resnet18\n")
+    assert "settings" not in [c.key for c in category_table(collect_runs([plain])).columns]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fapm.data.errors import DataError
-from fapm.reporting.runs import STATUS_FAILED, collect_runs
+from fapm.reporting.runs import STATUS_FAILED, collect_runs, failure_metrics
 from fapm.reporting.table import category_table, to_markdown
 from tests.conftest import compose_config, tiny_train_overrides
 
@@ -52,3 +52,41 @@ def test_multirun_records_every_failed_job_and_exits_nonzero(tmp_path: Path, mvt
     assert all(r.status == STATUS_FAILED and "Category folder not found" in (r.error or "") for r in runs)
     markdown = to_markdown(category_table(runs))
     assert "| missing_a |" in markdown and "| missing_b |" in markdown and "2 failed run(s)" in markdown
+
+
+def test_an_error_raised_while_handling_another_names_both() -> None:
+    # Lightning's loop teardown can fail after a fit error; the first error must stay visible.
+    try:
+        try:
+            raise ValueError("model.grid 7x7 does not divide 8x8")
+        except ValueError:
+            raise RuntimeError("Please call `iter(combined_loader)` first.")  # noqa: B904 (implicit chaining)
+    except RuntimeError as error:
+        caught = error
+    record = failure_metrics(caught)
+    assert record["error"] == (
+        "ValueError: model.grid 7x7 does not divide 8x8; "
+        "then, while handling it, RuntimeError: Please call `iter(combined_loader)` first."
+    )
+    assert "ValueError" in record["traceback"] and "RuntimeError" in record["traceback"]
+    try:  # an explicit `raise ... from` is the author's message: reported alone
+        try:
+            raise KeyError("x")
+        except KeyError as key:
+            raise DataError("missing key x") from key
+    except DataError as error:
+        assert failure_metrics(error)["error"] == "DataError: missing key x"
+
+
+def test_a_job_killed_by_the_cluster_points_to_its_submitit_log(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    job = sweep / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("data:\n  category: bottle\nmodel:\n  name: fapm\n")
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    id: '4242_0'\n    num: 0\n")
+    log = sweep / ".submitit" / "4242_0" / "4242_0_0_log.err"
+    log.parent.mkdir(parents=True)
+    log.write_text("fitting...\nslurmstepd: error: *** JOB 4243 CANCELLED AT 2026-01-01 DUE TO TIME LIMIT ***\n\n")
+    (run,) = collect_runs([sweep])  # .submitit/ itself is no run
+    assert run.status == STATUS_FAILED and run.category == "bottle"
+    assert str(log) in (run.error or "") and "DUE TO TIME LIMIT" in (run.error or "")

@@ -5,6 +5,7 @@ Concrete datasets (MVTec, VisA, folder) only implement ``build_records()``.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,20 @@ from fapm.distributed import world
 def _check_fraction(fraction: float) -> None:
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"normal_holdout must be in [0, 1), got {fraction}")
+
+
+def worker_start_method(num_workers: int) -> str | None:
+    """Start method of the DataLoader worker processes; ``None`` keeps Python's default.
+
+    Inside a joblib worker (``hydra/launcher=joblib``) the process-wide default start method
+    is joblib's own ``loky``, with which a DataLoader cannot start its workers ("'Process'
+    object has no attribute 'env'"); the platform's standard method is used there instead.
+    """
+    if num_workers == 0:
+        return None
+    current = multiprocessing.get_start_method(allow_none=True)
+    standard = multiprocessing.get_all_start_methods()  # the platform default first
+    return None if current is None or current in standard else standard[0]
 
 
 def split_holdout(
@@ -111,7 +126,11 @@ class AnomalyDataModule(L.LightningDataModule):
         self.setup()  # before reading the records: Lightning may call a loader without setup()
         records = {"train": self.train_records, "val": self.val_records, "test": self.test_records}[split]
         dataset: Any = self._dataset(records)
-        common: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        common: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "multiprocessing_context": worker_start_method(self.num_workers),
+        }
         rank, size = world()
         module = getattr(getattr(self, "trainer", None), "lightning_module", None)
         if size == 1:

@@ -15,29 +15,39 @@ defect-free rendering with the defect applied; its mask is exactly the set of pi
 changed by at least ``MASK_THRESHOLD`` grey levels (small gaps closed, holes filled), and
 pixels outside the mask are identical to the defect-free rendering.
 
+Writing is safe when several processes start at once (parallel sweep jobs): each category
+is generated under a lock, into a temporary folder renamed into place (see :func:`generate_demo`).
+
 CLI: ``python -m fapm.data.demo --root DIR [--seed N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
+import logging
+import os
 import shutil
+import socket
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 from scipy import ndimage
 
 from fapm.data.errors import DataError
+
+log = logging.getLogger(__name__)
 
 DEMO_VERSION = 1
 #: Per-category marker written inside ``<root>/<category>/``.
@@ -517,6 +527,16 @@ def _save_png(array: Array, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
+def _expected_files(category: str, settings: dict[str, int]) -> list[Path]:
+    """Every file :func:`_write_category` writes, relative to the category folder."""
+    files = [Path("train", "good", f"{i:03d}.png") for i in range(settings["n_train"])]
+    files += [Path("test", "good", f"{i:03d}.png") for i in range(settings["n_test_good"])]
+    for defect in DEMO_DEFECT_TYPES[category]:
+        for i in range(settings["n_test_defect_per_type"]):
+            files += [Path("test", defect, f"{i:03d}.png"), Path("ground_truth", defect, f"{i:03d}_mask.png")]
+    return files
+
+
 def _write_category(folder: Path, category: str, settings: dict[str, int]) -> None:
     seed, size = settings["seed"], settings["size"]
     jobs = [("train", "good", settings["n_train"]), ("test", "good", settings["n_test_good"])]
@@ -528,14 +548,146 @@ def _write_category(folder: Path, category: str, settings: dict[str, int]) -> No
             if defect_type != "good":
                 mask = sample.mask.astype(np.uint8) * 255
                 _save_png(mask, folder / "ground_truth" / defect_type / f"{i:03d}_mask.png")
+    # Written last: a folder with a marker is complete.
     (folder / MARKER_NAME).write_text(json.dumps({"category": category, **settings}, indent=2, sort_keys=True))
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
+def read_demo_marker(folder: str | Path) -> dict[str, Any] | None:
+    """The marker of a generated demo category folder (its generation arguments), or None."""
     try:
-        return json.loads((folder / MARKER_NAME).read_text())
+        marker = json.loads((Path(folder) / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None
+
+
+def marker_arguments(marker: dict[str, Any]) -> dict[str, int]:
+    """The :func:`generate_demo` keyword arguments that wrote a category with this marker."""
+    keys = ("seed", "n_train", "n_test_good", "n_test_defect_per_type", "size")
+    return {k: int(marker[k]) for k in keys if k in marker}
+
+
+def is_complete_demo(folder: str | Path) -> bool:
+    """Whether ``folder`` is a generated demo category with every file its marker promises.
+
+    Reads only (no lock): a category is renamed into place whole, so a complete one stays so.
+    """
+    marker = read_demo_marker(folder)
+    if marker is None or marker.get("category") not in _CATEGORIES:
+        return False
+    try:
+        settings = _settings(**marker_arguments(marker))
+    except TypeError:  # a marker without some argument: not one this version wrote
+        return False
+    return not _missing_files(Path(folder), marker["category"], settings)
+
+
+def lock_path(root: str | Path, category: str) -> Path:
+    """The lock file guarding the generation of ``<root>/<category>`` (it stays on disk, empty)."""
+    return Path(root) / f".{category}.lock"
+
+
+@contextlib.contextmanager
+def _category_lock(root: Path, category: str) -> Iterator[None]:
+    """Hold the category's lock; another process generating it makes this one wait.
+
+    ``filelock`` (a torch dependency) takes an OS lock (``flock``; Windows: ``msvcrt``) on
+    the lock file, which the OS releases when its holder dies: a crashed generation never
+    leaves a stale lock behind. Where the file system refuses locks, generation goes on
+    without one: the atomic rename still keeps the category whole.
+    """
+    lock = FileLock(str(lock_path(root, category)))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("another process is generating %s; waiting for it", root / category)
+            lock.acquire()
+    except OSError as error:
+        log.warning("cannot lock %s (%s); going on without a lock", lock_path(root, category), error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _temp_folder(root: Path, category: str, kind: str) -> Path:
+    """A new private folder ``<root>/.<category>.<kind>-<host>-<pid>-<random>``.
+
+    Host and process id in the name tell :func:`_remove_leftovers` whose folder it is.
+    """
+    owner = f"{socket.gethostname()}-{os.getpid()}-"
+    folder = Path(tempfile.mkdtemp(prefix=f".{category}.{kind}-{owner}", dir=root))
+    folder.chmod(0o755)  # mkdtemp makes it private; the dataset is not
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive but someone else's, or no way to ask: keep its folder
+        return True
+    return True
+
+
+def _remove_leftovers(root: Path, category: str) -> None:
+    """Delete the temporary folders of generations whose process died (on this host)."""
+    host = socket.gethostname()
+    for kind in ("tmp", "old"):
+        prefix = f".{category}.{kind}-"
+        for leftover in root.glob(prefix + "*"):
+            _remove_if_orphaned(leftover, leftover.name[len(prefix) :], host)
+
+
+def _remove_if_orphaned(leftover: Path, owner: str, host: str) -> None:
+    """``owner`` is ``<host>-<pid>-<random>`` (:func:`_temp_folder`)."""
+    leftover_host, _, rest = owner.rpartition("-")[0].rpartition("-")
+    if leftover_host != host or not rest.isdigit() or _pid_alive(int(rest)):
+        return  # another host's, or a generation still running
+    log.warning("removing %s, left by an interrupted demo generation", leftover)
+    shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _missing_files(target: Path, category: str, settings: dict[str, int]) -> list[Path]:
+    return [f for f in _expected_files(category, settings) if not (target / f).is_file()]
+
+
+def _generate_category(root: Path, category: str, settings: dict[str, int], force: bool) -> None:
+    """Write ``<root>/<category>`` unless it is already there, complete and as asked (lock held)."""
+    target = root / category
+    _remove_leftovers(root, category)
+    marker = read_demo_marker(target)
+    if target.exists():
+        if marker is None:
+            raise DataError(f"{target} exists but is not a generated demo category; refusing to overwrite it")
+        if not force and marker == {"category": category, **settings}:
+            missing = _missing_files(target, category, settings)
+            if not missing:
+                return
+            log.warning("%s misses %d file(s) (e.g. %s); generating it again", target, len(missing), missing[0])
+    staging = _temp_folder(root, category, "tmp")
+    try:
+        _write_category(staging, category, settings)
+        if target.exists():
+            stale = _temp_folder(root, category, "old")
+            target.rename(stale / category)
+            staging.rename(target)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            try:
+                staging.rename(target)
+            except OSError:
+                # Only without a working lock (some network file systems): another process
+                # renamed its copy first. Same arguments, same bytes: use that one.
+                if read_demo_marker(target) != {"category": category, **settings}:
+                    raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def generate_demo(
@@ -551,9 +703,15 @@ def generate_demo(
     """Write the demo dataset as ``<root>/<category>/...`` (MVTec layout) and return ``root``.
 
     Idempotent: a category whose marker (``<root>/<category>/.fapm_demo.json``) matches the
-    arguments is left untouched (unless ``force``). Each category is written to a temporary
-    folder and renamed into place, so an interrupted run never leaves a partial category.
-    An existing category folder without a marker is never overwritten (``DataError``).
+    arguments and whose files are all there is left untouched (unless ``force``); one with
+    missing files is generated again. An existing category folder without a marker is
+    never overwritten (``DataError``).
+
+    Safe when several processes call it at once, e.g. the jobs of a parallel sweep: each
+    category is generated under a lock (``<root>/.<category>.lock``), so one process writes
+    it while the others wait, then find it complete and use it. It is written to a temporary
+    folder renamed into place, so a generation that crashes never leaves a partial category:
+    the next call generates it again and removes the dead process's temporary folder.
     """
     names = list(DEMO_CATEGORIES if categories is None else categories)
     unknown = [c for c in names if c not in _CATEGORIES]
@@ -565,27 +723,8 @@ def generate_demo(
     root.mkdir(parents=True, exist_ok=True)
     settings = _settings(seed, n_train, n_test_good, n_test_defect_per_type, size)
     for category in names:
-        target = root / category
-        marker = _read_marker(target)
-        if target.exists():
-            if marker is None:
-                raise DataError(f"{target} exists but is not a generated demo category; refusing to overwrite it")
-            if not force and marker == {"category": category, **settings}:
-                continue
-        staging = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
-        staging.chmod(0o755)  # mkdtemp makes it private; the dataset is not
-        try:
-            _write_category(staging, category, settings)
-            if target.exists():
-                stale = Path(tempfile.mkdtemp(prefix=f".{category}.old-", dir=root))
-                target.rename(stale / category)
-                staging.rename(target)
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                staging.rename(target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        with _category_lock(root, category):
+            _generate_category(root, category, settings, force)
     return root
 
 

@@ -14,6 +14,8 @@ from fapm.data.image_io import list_images
 from fapm.data.records import GOOD, SampleListDataset, SampleRecord, validate_records
 from fapm.data.transforms import Preprocess
 
+log = logging.getLogger(__name__)
+
 #: The 15 MVTec AD categories.
 MVTEC_CATEGORIES: tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -125,18 +127,38 @@ class MVTecDataModule(AnomalyDataModule):
         self.demo_seed = demo_seed
 
     def prepare_data(self) -> None:
-        """Generate the demo category if asked to and it is not there yet."""
-        if self.generate_demo and not (self.root / self.category).exists():
-            from fapm.data.demo import DEMO_CATEGORIES, generate_demo
+        """Generate the demo category if asked to and it is missing or incomplete.
 
-            if self.category not in DEMO_CATEGORIES:
-                raise DataError(
-                    f"generate_demo=True but {self.category!r} is not a demo category "
-                    f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
-                )
-            logging.getLogger(__name__).info("generating the demo category %r in %s (once)", self.category,
-                                             self.root / self.category)
-            generate_demo(self.root, categories=[self.category], seed=self.demo_seed)
+        Safe when parallel jobs start together: :func:`fapm.data.demo.generate_demo` locks
+        the category, so one job writes it and the others wait, then use it. A category that
+        is already there is kept with the arguments that wrote it (only files missing from it
+        are a reason to write it again); a folder that is not a generated demo is used as is.
+        """
+        if not self.generate_demo:
+            return
+        from fapm.data.demo import DEMO_CATEGORIES, generate_demo, is_complete_demo, marker_arguments, read_demo_marker
+
+        target = self.root / self.category
+        marker = read_demo_marker(target)
+        if target.exists() and marker is None:
+            return  # the user's own images under the demo root
+        if marker is not None and marker.get("seed") != self.demo_seed:
+            log.warning(
+                "data.demo_seed=%s but %s was generated with seed %s: using it as it is "
+                "(delete it, or choose another data.root, to generate seed %s)",
+                self.demo_seed, target, marker.get("seed"), self.demo_seed,
+            )  # fmt: skip
+        if marker is not None and is_complete_demo(target):
+            return
+        if self.category not in DEMO_CATEGORIES:
+            raise DataError(
+                f"generate_demo=True but {self.category!r} is not a demo category "
+                f"(choose from {list(DEMO_CATEGORIES)}); root: {self.root}"
+            )
+        # Missing: generate it. Incomplete: again, with the arguments that wrote it.
+        arguments = marker_arguments(marker) if marker is not None else {"seed": self.demo_seed}
+        log.info("generating the demo category %r in %s (once; later runs reuse it)", self.category, target)
+        generate_demo(self.root, categories=[self.category], **arguments)
 
     def build_records(self) -> tuple[list[SampleRecord], list[SampleRecord]]:
         return mvtec_train_records(self.root, self.category), mvtec_test_records(self.root, self.category)

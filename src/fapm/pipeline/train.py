@@ -42,7 +42,14 @@ from fapm.pipeline.common import (
     validated_settings,
     write_metrics,
 )
-from fapm.reporting.runs import STATUS_KEY, STATUS_OK, config_facts, describe_error, failure_metrics
+from fapm.reporting.runs import (
+    STATUS_KEY,
+    STATUS_OK,
+    check_optimized_metric,
+    config_facts,
+    describe_error,
+    failure_metrics,
+)
 from fapm.settings import LampSettings, RunSettings
 from fapm.tracking import close_loggers, log_metrics_table
 
@@ -108,6 +115,7 @@ def _record_failure(cfg: DictConfig, out: Path, error: BaseException, progress: 
 
 def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Progress) -> dict[str, Any]:
     settings = validated_settings(cfg)  # every value checked before any work
+    check_optimized_metric(cfg.get("optimized_metric"))
     L.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = build_datamodule(settings.data)
     progress.stage = "data set-up"

@@ -66,6 +66,10 @@ _METRIC_COLUMNS = [
     Column("memory_vectors", "memory vectors", "int"),
 ]
 _STATUS = Column("status", "status", "text")
+_SETTINGS = Column("settings", "settings", "text")
+#: Overrides that the category/model columns already show, or that do not change results.
+_SHOWN_OVERRIDES = frozenset({"data.category", "model", "model.name", "logger", "callbacks"})
+_SHOWN_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.")
 _ERROR = Column("error", "error", "text")
 _MEANS = [c.key for c in _METRIC_COLUMNS]
 
@@ -92,6 +96,30 @@ def _unique(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def varying_settings(runs: Sequence[RunRecord]) -> list[str]:
+    """Override keys whose value differs between ``runs`` (a sweep's searched settings), sorted.
+
+    Keys shown by other columns (category, model) or naming output places are left out, so
+    a plain category sweep has none while an Optuna search lists its parameters.
+    """
+    keys = sorted({k for r in runs for k in r.overrides})
+    keys = [k for k in keys if k not in _SHOWN_OVERRIDES and not k.startswith(_SHOWN_PREFIXES)]
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def _short(value: str) -> str:
+    """A sampled float as 4 significant digits (``0.024156772025296234`` -> ``0.02416``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 6 else f"{number:.4g}"
+
+
+def _settings_text(run: RunRecord, keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={_short(run.overrides[k])}" for k in keys if k in run.overrides)
+
+
 def _run_row(run: RunRecord, label_key: str, label: str) -> dict[str, Any]:
     row: dict[str, Any] = {label_key: label, "model": run.model, _STATUS.key: run.status}
     for column in _METRIC_COLUMNS:
@@ -114,17 +142,22 @@ def category_table(runs: Sequence[RunRecord]) -> Table:
     """Table 1: one row per run (category), a mean row over the successful ones.
 
     With several models, rows are grouped by model (A..E first) with one mean row each.
+    When the runs differ in other settings too (a hyper-parameter sweep), a ``settings``
+    column shows each run's values of those (:func:`varying_settings`).
     """
     models = sorted(_unique([r.model for r in runs]), key=model_sort_key)
     several = len(models) > 1
+    settings = varying_settings(runs)
     columns = [Column("category", "category", "text")]
     columns += [Column("model", "model", "text")] if several else []
+    columns += [_SETTINGS] if settings else []
     columns += [*_METRIC_COLUMNS, _STATUS]
     title = "Per-category results" + ("" if several else f" ({models[0]})" if models else "")
     table = Table(title, columns)
     for model in models:
         group = [r for r in runs if r.model == model]
-        table.rows += [_run_row(r, "category", r.category) for r in group]
+        for run in group:
+            table.rows.append({**_run_row(run, "category", run.category), _SETTINGS.key: _settings_text(run, settings)})
         ok = [r for r in group if r.ok]
         mean: dict[str, Any] = {"category": MEAN_LABEL, "model": model, _STATUS.key: f"{len(ok)}/{len(group)} ok"}
         mean.update({key: _mean(ok, key) for key in _MEANS})
