@@ -93,7 +93,7 @@ def _check_sweep(status: int, output: str, sweep: Path) -> None:
     ok = json.loads((sweep / "0" / "metrics.json").read_text())
     failed = json.loads((sweep / "1" / "metrics.json").read_text())
     assert ok["status"] == STATUS_OK and ok["category"] == "plate", ok
-    assert 0.0 <= ok[names.IMAGE_AUROC] <= 1.0 and (sweep / "0" / "model.pt").is_file()
+    assert 0.0 <= ok[names.IMAGE_AUROC] <= 1.0 and (sweep / "0" / "model.safetensors").is_file()
     assert failed["status"] == STATUS_FAILED and failed["error"].startswith("DataError: Category folder not found")
     assert (sweep / "multirun.yaml").is_file()
 

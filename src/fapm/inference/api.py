@@ -2,7 +2,7 @@
 
     from fapm.inference import FAPM
 
-    model = FAPM.load("model.pt", device="cuda")      # or "cpu" / "auto"
+    model = FAPM.load("model.safetensors", device="cuda")      # or "cpu" / "auto"
     result = model.predict("part.png")                 # path, PIL image, array or tensor
     result.score, result.normalised_score, result.label, result.anomaly_map, result.mask
     results = model.predict(["a.png", "b.png"])        # a list / [B, 3, H, W] batch → a list

@@ -47,7 +47,7 @@ def check_settings(cfg: Mapping[str, Any]) -> None:
     """
     for key in ("ckpt_path", "input", "output"):
         if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
-            raise PredictError(f"{key} is required: python predict.py ckpt_path=<model.pt> input=<image|folder|glob>")
+            raise PredictError(f"{key} is required: python predict.py ckpt_path=<model.safetensors> input=<image|folder|glob>")
         if not isinstance(cfg[key], str) or not cfg[key].strip():
             raise PredictError(f"{key} must be a path, got {cfg[key]!r}")
     parse_choice(cfg["threshold"], "threshold")
