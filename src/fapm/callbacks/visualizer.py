@@ -149,6 +149,7 @@ class ImageVisualizer(L.Callback):
         try:
             samples = self.chosen()
             if samples:
+                log.info("drawing %d test figure(s) into %s", len(samples), folder)
                 saved, captions = self._draw_samples(trainer, pl_module, samples, folder)
             if self.memory:
                 path = self._draw_memory(pl_module, folder)

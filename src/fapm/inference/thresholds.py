@@ -240,10 +240,20 @@ def normal_thresholds(scores: Tensor, maps: Tensor, image_q: float = 0.995, pixe
 
 @torch.inference_mode()
 def score_batches(
-    model: Callable[[Tensor], AnomalyOutput], batches: Iterable[Mapping[str, Any]], device: torch.device | str
+    model: Callable[[Tensor], AnomalyOutput],
+    batches: Iterable[Mapping[str, Any]],
+    device: torch.device | str,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Score every ``batch["image"]`` → ``(scores [N], maps [N, H, W])`` on the CPU."""
+    """Score every ``batch["image"]`` → ``(scores [N], maps [N, H, W])`` on the CPU.
+
+    ``progress``: show a progress bar over the batches.
+    """
     scores, maps = [], []
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="hold-out thresholds", unit="batch", leave=False, dynamic_ncols=True)
     for batch in batches:
         batch = drop_padding(dict(batch))  # a shorter DDP shard's placeholders
         if batch is None:
@@ -257,7 +267,7 @@ def score_batches(
 
 
 def holdout_thresholds(module: Any, datamodule: Any, image_quantile: float = 0.995,
-                       pixel_quantile: float = 0.995) -> Thresholds:
+                       pixel_quantile: float = 0.995, progress: bool = False) -> Thresholds:
     """Quantile thresholds from a fitted ``module``'s scores of ``datamodule``'s held-out normals.
 
     Empty :class:`Thresholds` when the datamodule holds nothing out (``normal_holdout == 0``).
@@ -269,7 +279,7 @@ def holdout_thresholds(module: Any, datamodule: Any, image_quantile: float = 0.9
     module.eval()
     try:
         device = next(module.parameters()).device
-        scores, maps = score_batches(module, loader, device)
+        scores, maps = score_batches(module, loader, device, progress)
     finally:
         module.train(was_training)
     if maps.numel() == 0:  # this rank's shard is empty: keep the map shape for the gather below

@@ -138,6 +138,9 @@ def summary(metrics: dict[str, Any], title: str) -> str:
         if value is not None:
             digits = 2 if label.startswith(("throughput", "latency", "fit")) else 4
             lines.append(f"  {label:<20} {_fmt(value, digits)}")
+    if names.IMAGE_AUROC in metrics and _fmt(metrics.get(names.IMAGE_AUROC)) == "n/a":
+        lines.append("  (n/a: the scored test images hold only normal or only defective images, so an")
+        lines.append("   AUROC is undefined; test on both kinds, e.g. without trainer.limit_test_batches)")
     if metrics.get("random_weights"):
         lines.append("  !! WARNING: the backbone ran with RANDOM weights. Scores on real photographs are")
         lines.append("  !! near chance; use ImageNet weights (backbone.pretrained=true) or backbone.weights=<file>.")

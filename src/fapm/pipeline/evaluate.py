@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = AnomalyModule(detector, name=file.model.name, timing_warmup=getattr(file.model, "timing_warmup", 2))
     module.thresholds = Thresholds.from_dict(file.thresholds)
     trainer, _ = build_trainer(cfg)
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
     metrics: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
     metrics.update(module.facts())
     metrics["model_file"] = str(cfg.ckpt_path)

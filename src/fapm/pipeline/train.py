@@ -152,7 +152,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     save(Thresholds())  # the fit is never lost, whatever happens next
     progress.stage = "thresholds"
     thresholds = holdout_thresholds(
-        module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile
+        module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
+        progress=writer and trainer.progress_bar_callback is not None,
     )
     if thresholds.n_normal == 0 and writer:
         log.warning(
@@ -164,7 +165,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     module.thresholds = thresholds
     if cfg.get("test", True):
         progress.stage = "test"
-        trainer.test(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
         metrics.update(module.test_results)
         thresholds = thresholds.with_test_results(module.test_results)
         save(thresholds)
