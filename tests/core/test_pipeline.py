@@ -37,6 +37,9 @@ def test_end_to_end_detects_obvious_defects(trained) -> None:
     assert written["fps"] > 0 and written["latency_ms"] > 0
     assert set(written["memory_sizes"]) == {"layer2", "layer3"}
     assert all(len(v) == 49 for v in written["memory_sizes"].values())
+    # k = 4 asked, but the smallest region memory holds fewer: the effective k is recorded
+    smallest = min(min(v) for v in written["memory_sizes"].values())
+    assert written["k"] == 4 and written["k_effective"] == min(4, smallest) < 4
 
 
 def test_eval_reproduces_training_metrics(trained, tmp_path) -> None:
