@@ -241,7 +241,7 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
     RecordSweep.sweep_dir = None
 
     def task_function(cfg: Any) -> Any:
-        with console.session(cfg.get("runtime")):
+        with console.session(cfg.get("runtime")), _relaunchable(command):
             _check_sweep_mode()
             result = task(cfg)
         results.append(result)
@@ -269,6 +269,31 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
 
     # A multirun raises the first failed job's error once every job has run.
     return _guarded(command, run, verbose, lambda: RecordSweep.sweep_dir)
+
+
+@contextlib.contextmanager
+def _relaunchable(command: str) -> Iterator[None]:
+    """Let Lightning's DDP launcher start the other ranks with this same command.
+
+    Lightning re-runs ``sys.argv`` (``python <argv[0]> <argv[1:]>``, or ``python -m <module>
+    <argv[1:]>``) plus its own Hydra overrides. Hydra has parsed the command line by now, so
+    ``sys.argv`` can name this package's ``__main__`` and the command, whichever way the
+    process was started (``fapm``, ``python -m fapm``, ``python train.py``).
+    """
+    import __main__
+
+    import fapm.relaunch.run as script
+
+    saved = sys.argv
+    # ``python -m fapm``: Lightning runs ``python -m fapm.__main__ <argv[1:]>``; otherwise the file
+    if getattr(__main__, "__spec__", None) is not None:
+        sys.argv = ["fapm", command, *saved[1:]]
+    else:
+        sys.argv = [str(Path(script.__file__).resolve()), command, *saved[1:]]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 # ---------------------------------------------------------------------------------- report

@@ -30,10 +30,13 @@ __all__ = [
     "pro_curve",
 ]
 
+# The function ``aupro`` shares its name with its sub-module, so it is bound eagerly (the
+# sub-module imports numpy, scipy and torch, not torchmetrics).
+from fapm.metrics.aupro import PixelSweepResult, aupro, label_regions, pixel_sweep, pro_curve  # noqa: E402
+
 # public name -> sub-module defining it
 _MODULE_OF: dict[str, str] = {
     "AnomalyMetrics": "anomaly_metrics",
-    **dict.fromkeys(["PixelSweepResult", "aupro", "label_regions", "pixel_sweep", "pro_curve"], "aupro"),
     **dict.fromkeys(["auroc", "f1_max"], "functional"),
     **dict.fromkeys(
         ["IMAGE_AUROC", "IMAGE_F1_MAX", "IMAGE_F1_THRESHOLD", "PIXEL_AUPRO", "PIXEL_AUROC", "PIXEL_F1_MAX",
