@@ -97,10 +97,11 @@ class Scorer(ABC):
     def describe(self) -> str:
         return f"this {self.name} model"
 
-    def _wrap(self, scores: np.ndarray, maps: np.ndarray, labels: np.ndarray | None) -> DeployOutput:
+    def _wrap(self, scores: np.ndarray, maps: np.ndarray) -> DeployOutput:
+        """Outputs as CPU tensors; labels from ``info.image_threshold`` (which may override the
+        threshold stored in the graph, whose own ``labels`` output is for users without this package)."""
         s = torch.from_numpy(np.asarray(scores, dtype=np.float32))
-        lab = torch.from_numpy(np.asarray(labels, dtype=bool)) if labels is not None else labels_for(s, self.info.image_threshold)
-        return DeployOutput(s, torch.from_numpy(np.asarray(maps, dtype=np.float32)), lab)
+        return DeployOutput(s, torch.from_numpy(np.asarray(maps, dtype=np.float32)), labels_for(s, self.info.image_threshold))
 
 
 class TorchScorer(Scorer):
@@ -110,8 +111,9 @@ class TorchScorer(Scorer):
         detector: a fitted :class:`~fapm.models.detector.MemoryDetector`.
         info: input size, normalisation, thresholds.
         backbone_dtype: ``None`` (float32) or ``bfloat16``/``float16``: runs the backbone
-            under autocast (sets ``detector.extractor.autocast_dtype``); memories, search,
-            map and score stay float32.
+            under autocast (``detector.extractor.autocast_dtype`` is set for the duration of
+            each call, so scorers of different dtypes can share one detector); memories,
+            search, map and score stay float32.
     """
 
     name = "torch"
@@ -121,22 +123,26 @@ class TorchScorer(Scorer):
         if backbone_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"backbone_dtype must be None, float32, bfloat16 or float16, got {backbone_dtype!r}")
         self.detector = detector.eval()
-        self.detector.extractor.autocast_dtype = None if backbone_dtype in (None, "float32") else backbone_dtype
+        self.backbone_dtype = None if backbone_dtype in (None, "float32") else backbone_dtype
         self.device = next(detector.extractor.parameters()).device
 
-    @torch.inference_mode()
-    def _score_rgb(self, images: Tensor) -> DeployOutput:
-        x = ((images - self._mean) / self._std).to(self.device)
-        out = self.detector(x)
+    def _run(self, normalised: Tensor) -> DeployOutput:
+        extractor = self.detector.extractor
+        previous, extractor.autocast_dtype = extractor.autocast_dtype, self.backbone_dtype
+        try:
+            with torch.inference_mode():
+                out = self.detector(normalised.to(self.device))
+        finally:
+            extractor.autocast_dtype = previous
         scores = out.image_scores.float().cpu()
         return DeployOutput(scores, out.anomaly_maps.float().cpu(), labels_for(scores, self.info.image_threshold))
 
-    @torch.inference_mode()
+    def _score_rgb(self, images: Tensor) -> DeployOutput:
+        return self._run((images - self._mean) / self._std)
+
     def score(self, images: Tensor) -> DeployOutput:
         check_images(images, self.info, self.describe())
-        out = self.detector(images.to(self.device))  # already normalised: no round trip
-        scores = out.image_scores.float().cpu()
-        return DeployOutput(scores, out.anomaly_maps.float().cpu(), labels_for(scores, self.info.image_threshold))
+        return self._run(images)  # already normalised: no round trip
 
 
 class OnnxRuntimeScorer(Scorer):
@@ -165,10 +171,8 @@ class OnnxRuntimeScorer(Scorer):
         return f"{self.path} (onnxruntime)"
 
     def _score_rgb(self, images: Tensor) -> DeployOutput:
-        scores, maps, labels = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.contiguous().numpy()})
-        if self.info.image_threshold is not None and labels is not None:
-            labels = None  # recomputed from the info's threshold (it may override the file's)
-        return self._wrap(scores, maps, labels)
+        scores, maps = self.session.run(list(OUTPUT_NAMES[:2]), {INPUT_NAME: images.contiguous().numpy()})
+        return self._wrap(scores, maps)
 
 
 class OpenVINOScorer(Scorer):
@@ -205,10 +209,7 @@ class OpenVINOScorer(Scorer):
 
     def _score_rgb(self, images: Tensor) -> DeployOutput:
         result = self._request.infer({INPUT_NAME: images.contiguous().numpy()})
-        scores, maps, labels = (result[o] for o in self._outputs)
-        if self.info.image_threshold is not None:
-            labels = None
-        return self._wrap(np.array(scores), np.array(maps), labels)
+        return self._wrap(np.array(result[self._outputs[0]]), np.array(result[self._outputs[1]]))
 
 
 # ------------------------------------------------------------------ sessions (also used alone)
