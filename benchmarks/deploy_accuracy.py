@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     row("eager fp32", make_scorer("torch", detector=det, info=info))
     fp32 = [r for r in args.fp32.split(",") if r]
     if fp32:
-        path = export_onnx(det, work / "fapm_fp32.onnx", info)
+        path = export_onnx(det, work / "fapm_fp32.onnx", info, check_images=test[:4])
         for runtime in fp32:
             row(f"{runtime} fp32", make_scorer(runtime, path=path))
     for runtime in [r for r in args.int8.split(",") if r]:

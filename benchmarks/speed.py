@@ -380,6 +380,7 @@ def deploy_rows(args: argparse.Namespace, extractor: Any, feats: dict, train_rgb
         rows.setdefault(name, {})["int8_build_s"] = time.perf_counter() - start
         full[name] = make_scorer(runtime, path=model.path).score_rgb
         alone[name] = BackboneRunner(model.backbone, runtime)
+    rows = {name: rows.get(name, {}) for name in wanted}  # table order = --deploy-runtimes order
     for name in wanted:
         if name not in full:
             rows.setdefault(name, {}).setdefault("error", "not run")

@@ -167,16 +167,20 @@ def eager_outputs(detector: MemoryDetector, images: Tensor, info: DeployInfo) ->
 
 def check_onnx(
     path: str | Path, detector: MemoryDetector, info: DeployInfo, batches: Sequence[int] = (1, 3), atol: float = 1e-4,
-    seed: int = 0, images: Tensor | None = None,
+    seed: int = 0, images: Tensor | None = None, rtol: float = 1e-5,
 ) -> float:
     """Run the file in ONNX Runtime and compare with the eager detector; returns the max abs difference.
 
     Args:
         images: RGB inputs in ``[0, 1]`` to compare on (default: random images of the
             graph's size; one batch per entry of ``batches``).
+        atol, rtol: accepted difference ``atol + rtol·|eager|`` per value. Random inputs are
+            far from any memory, so their distances are large (tens to hundreds) and the
+            backbone's float32 rounding in another runtime (≈ 1e-6 relative) alone exceeds
+            a fixed 1e-4 there; on real images (the demo) the differences stay below 1e-5.
 
     Raises:
-        ExportError: a score or map differs by more than ``atol``, or a label disagrees
+        ExportError: a score or map differs by more than that, or a label disagrees
             with ``score >= image_threshold``.
     """
     ort = require("onnxruntime")
@@ -193,8 +197,12 @@ def check_onnx(
                 raise ExportError(f"ONNX {name} have shape {tuple(got_t.shape)}, eager {tuple(want.shape)} (batch {len(x)})")
             diff = float((got_t - want).abs().max()) if want.numel() else 0.0
             worst = max(worst, diff)
-            if diff > atol:
-                raise ExportError(f"ONNX {name} differ from the eager detector by {diff:.3g} > {atol} at batch {len(x)}")
+            excess = (got_t - want).abs() - (atol + rtol * want.abs())
+            if want.numel() and float(excess.max()) > 0:
+                raise ExportError(
+                    f"ONNX {name} differ from the eager detector by up to {diff:.3g} (> {atol} + {rtol}·|value|) at "
+                    f"batch {len(x)}"
+                )
         threshold = info.image_threshold
         expected = (scores >= threshold) if threshold is not None else (scores != scores)
         if (labels != expected).any():
@@ -210,6 +218,8 @@ def export_onnx(
     check: bool = True,
     check_batches: Sequence[int] = (1, 3),
     atol: float = 1e-4,
+    rtol: float = 1e-5,
+    check_images: Tensor | None = None,
 ) -> Path:
     """Export ``detector``'s whole scoring path to ``path`` (see the module docstring).
 
@@ -223,7 +233,8 @@ def export_onnx(
         check: run the file in ONNX Runtime on random inputs at ``check_batches`` and compare
             with the eager detector (skipped when ``backbone`` is given: a quantized
             backbone is not expected to equal the float one).
-        atol: largest accepted absolute difference of scores and maps.
+        atol, rtol: accepted difference of scores and maps, ``atol + rtol·|eager|``.
+        check_images: RGB images in ``[0, 1]`` to check on instead of random ones.
 
     Raises:
         ExportError: export failed or the file does not reproduce the eager detector.
@@ -242,7 +253,7 @@ def export_onnx(
     path = save(model, path)
     if check and backbone is None:
         try:
-            check_onnx(path, detector, info, check_batches, atol)
+            check_onnx(path, detector, info, check_batches, atol, images=check_images, rtol=rtol)
         except ExportError:
             path.unlink(missing_ok=True)
             raise
