@@ -435,8 +435,9 @@ def deploy_markdown(report: dict[str, Any], batch: int) -> str:
         else:
             bb_cells = "— | — | —"
         speedup = f"{r['fps_batch1'] / eager:.2f}" if eager else "—"
+        fps_b = r.get(f"fps_batch{batch}")
         lines.append(f"| {name} | {r['latency_ms']['median']:.1f} ({r['latency_ms']['p90']:.1f}) | "
-                     f"{r['fps_batch1']:.2f} | {r[f'fps_batch{batch}']:.2f} | {bb_cells} | {speedup} |")
+                     f"{r['fps_batch1']:.2f} | {'—' if fps_b is None else f'{fps_b:.2f}'} | {bb_cells} | {speedup} |")
     return "\n".join(lines)
 
 
