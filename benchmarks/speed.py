@@ -11,9 +11,17 @@ One process, one backbone, one set of extracted features:
 * peak RSS of a separate child process that fits FAPM on the largest training set;
 * optionally a sweep over the number of training images.
 
+* with ``--deploy``: FAPM in every CPU runtime (eager fp32 / bf16, TorchScript, ONNX Runtime
+  fp32 / INT8, OpenVINO fp32 / bf16 / INT8; :mod:`fapm.deploy`), each with its backbone alone
+  in the same runtime (the head's share), plus anomalib's PatchCore exported to OpenVINO on
+  the same images (``--anomalib-python``: a separate environment with anomalib, see
+  docs/readme/deploy.md).
+
 Prints Markdown tables and writes JSON. Example (the README's numbers)::
 
     python benchmarks/speed.py --train-images 200 --sweep 50,100,200,400 --out benchmarks/results/speed_cpu.json
+    python benchmarks/speed.py --variants "" --skip-rss --deploy --anomalib-python /work/venv-anomalib/bin/python \
+        --out benchmarks/results/deploy_cpu.json
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+
+from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"fapm": "E FAPM", "ablation_d": "D patch+layer", "patchcore": "A PatchCore"}
@@ -265,6 +275,172 @@ def stack_range(ds: Any, lo: int, hi: int) -> torch.Tensor:
     return torch.stack([ds[i]["image"] for i in range(lo, hi)])
 
 
+# ------------------------------------------------------------------------------ deployment
+DEPLOY_ROWS = ("eager fp32", "eager bf16", "torchscript", "onnxruntime fp32", "openvino fp32", "openvino bf16",
+               "onnxruntime int8", "openvino int8")
+
+
+def run_timing(fn: Callable[[torch.Tensor], Any], images: torch.Tensor, batch: int, warmup: int) -> dict[str, Any]:
+    """Median/p90 ms per image at batch 1 and images/s at batch 1 and ``batch`` (CPU wall clock)."""
+    for i in range(min(warmup, len(images))):
+        fn(images[i : i + 1])
+    times = []
+    for i in range(len(images)):
+        start = time.perf_counter()
+        fn(images[i : i + 1])
+        times.append(time.perf_counter() - start)
+    fn(images[:batch])
+    chunks = [images[lo : lo + batch] for lo in range(0, len(images) - batch + 1, batch)]
+    start = time.perf_counter()
+    for chunk in chunks:
+        fn(chunk)
+    seconds = time.perf_counter() - start
+    return {"latency_ms": {q: 1000 * v for q, v in quantiles(times).items()}, "fps_batch1": len(times) / sum(times),
+            f"fps_batch{batch}": sum(len(c) for c in chunks) / seconds}
+
+
+def deploy_rows(args: argparse.Namespace, extractor: Any, feats: dict, train_rgb: torch.Tensor, test_images: torch.Tensor,
+                device: torch.device, extra: list[str]) -> dict[str, Any]:
+    """FAPM (``model=fapm``) in every runtime of ``--deploy-runtimes``, and each one's backbone alone.
+
+    Inputs are RGB in [0, 1] (the exported graphs' input; the torch rows normalise inside the
+    timed call, as the graphs do). Training features for the float rows are the shared ones.
+    """
+    import tempfile
+
+    from fapm.deploy import DeployInfo, build_int8, export_onnx, make_scorer
+    from fapm.deploy.graph import BackboneGraph, scoring_graph
+    from fapm.deploy.onnx_export import export_backbone, save
+    from fapm.deploy.quantize import BackboneRunner
+    from fapm.deploy.runtimes import cpu_supports_bf16
+
+    if device.type != "cpu":
+        raise SystemExit("--deploy times CPU runtimes: run it with --device cpu")
+    cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", "model=fapm", *extra])
+    det = instantiate(cfg.model.module.detector, extractor=extractor).eval()
+    fit_variant(det, feats, len(train_rgb))
+    side = test_images.shape[-1]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = test_images * std + mean  # the demo tensors come normalised
+    train_rgb = train_rgb * std + mean
+    info = DeployInfo(image_size=side)
+    wanted = [r for r in args.deploy_runtimes.split(",") if r]
+    tmp = Path(tempfile.mkdtemp(prefix="fapm_deploy_bench_"))
+    rows: dict[str, Any] = {}
+    full: dict[str, Callable[[torch.Tensor], Any]] = {}
+    alone: dict[str, Callable[[torch.Tensor], Any]] = {}
+    bb_graph = BackboneGraph(det, info.mean, info.std).eval()
+
+    def no_grad(fn: Callable) -> Callable:
+        return lambda x: torch.inference_mode()(fn)(x)
+
+    if "eager fp32" in wanted or "eager bf16" in wanted:
+        for dtype, name in ((None, "eager fp32"), ("bfloat16", "eager bf16")):
+            if name in wanted:
+                scorer = make_scorer("torch", detector=det, info=info, backbone_dtype=dtype)
+                full[name] = scorer.score_rgb
+
+                def backbone_only(x: torch.Tensor, dtype: str | None = dtype) -> Any:
+                    det.extractor.autocast_dtype = dtype
+                    return det.extractor((x - mean) / std)
+
+                alone[name] = no_grad(backbone_only)
+        det.extractor.autocast_dtype = None
+    if "torchscript" in wanted:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = scoring_graph(det, side, info.mean, info.std, None)
+            traced = torch.jit.freeze(torch.jit.trace(graph, rgb[:2], check_trace=False))
+            traced_bb = torch.jit.freeze(torch.jit.trace(bb_graph, rgb[:2], check_trace=False))
+        full["torchscript"], alone["torchscript"] = no_grad(traced), no_grad(traced_bb)
+    fp32 = [r for r in ("onnxruntime fp32", "openvino fp32", "openvino bf16") if r in wanted]
+    if fp32:
+        path = export_onnx(det, tmp / "fapm.onnx", info)
+        backbone_path = save(export_backbone(det, info), tmp / "backbone.onnx")
+        for name in fp32:
+            runtime, precision = name.split()
+            options = {} if runtime == "onnxruntime" else {"precision": precision.replace("fp", "f")}
+            if precision == "bf16" and not cpu_supports_bf16():
+                rows[name] = {"error": "this CPU has no bf16 in OpenVINO (OPTIMIZATION_CAPABILITIES)"}
+                continue
+            full[name] = make_scorer(runtime, path=path, **options).score_rgb
+            if runtime == "onnxruntime":
+                alone[name] = BackboneRunner(backbone_path, "onnxruntime")
+            else:
+                from fapm.deploy.runtimes import ov_compile
+
+                compiled = ov_compile(backbone_path, options["precision"])
+                alone[name] = lambda x, c=compiled: c(x.numpy())
+    for name in [r for r in ("onnxruntime int8", "openvino int8") if r in wanted]:
+        runtime = name.split()[0]
+        start = time.perf_counter()
+        model = build_int8(det, train_rgb, info, tmp / f"fapm_{runtime}_int8.onnx", calibration_images=args.calibration,
+                           runtime=runtime)
+        rows.setdefault(name, {})["int8_build_s"] = time.perf_counter() - start
+        full[name] = make_scorer(runtime, path=model.path).score_rgb
+        alone[name] = BackboneRunner(model.backbone, runtime)
+    rows = {name: rows.get(name, {}) for name in wanted}  # table order = --deploy-runtimes order
+    for name in wanted:
+        if name not in full:
+            rows.setdefault(name, {}).setdefault("error", "not run")
+            continue
+        print(f"[speed] deploy: {name} …", file=sys.stderr, flush=True)
+        rows.setdefault(name, {}).update(run_timing(full[name], rgb, args.batch, args.warmup))
+        rows[name]["backbone"] = run_timing(alone[name], rgb, args.batch, args.warmup)
+    return rows
+
+
+def anomalib_row(args: argparse.Namespace, n_train: int) -> dict[str, Any]:
+    """anomalib's PatchCore exported to OpenVINO, timed by benchmarks/anomalib_openvino.py in its own env."""
+    root = Path(args.data_root) if args.data_root else ROOT / "data" / f"speed_demo_{args.max_train}"
+    out = Path(tempfile_name("anomalib_ov", ".json"))
+    cmd = [args.anomalib_python, str(ROOT / "benchmarks" / "anomalib_openvino.py"), "--data-root", str(root),
+           "--category", args.category, "--train-images", str(n_train), "--test-images", str(args.test_images),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(out.read_text())
+
+
+def tempfile_name(prefix: str, suffix: str) -> str:
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    os.close(handle)
+    return name
+
+
+def deploy_markdown(report: dict[str, Any], batch: int) -> str:
+    rows = report["deploy"]
+    eager = rows.get("eager fp32", {}).get("fps_batch1")
+    lines = [
+        f"FAPM (model=fapm) by runtime, {report['backbone']}, {report['train_images']} training images, RGB "
+        f"{report.get('image_side', '')} input; backbone alone in the same runtime; head = total − backbone.",
+        "",
+        f"| runtime | latency ms b1 (p90) | img/s b1 | img/s b{batch} | backbone ms b1 | backbone img/s b{batch} | "
+        f"head % of backbone (b1 / b{batch}) | × eager fp32 img/s b1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        if "error" in r and "fps_batch1" not in r:
+            lines.append(f"| {name} | {r['error']} | | | | | | |")
+            continue
+        bb = r.get("backbone")
+        if bb:
+            head1 = 100 * (r["latency_ms"]["median"] - bb["latency_ms"]["median"]) / bb["latency_ms"]["median"]
+            headb = 100 * (bb[f"fps_batch{batch}"] / r[f"fps_batch{batch}"] - 1)
+            bb_cells = f"{bb['latency_ms']['median']:.1f} | {bb[f'fps_batch{batch}']:.2f} | {head1:.0f} % / {headb:.0f} %"
+        else:
+            bb_cells = "— | — | —"
+        speedup = f"{r['fps_batch1'] / eager:.2f}" if eager else "—"
+        fps_b = r.get(f"fps_batch{batch}")
+        lines.append(f"| {name} | {r['latency_ms']['median']:.1f} ({r['latency_ms']['p90']:.1f}) | "
+                     f"{r['fps_batch1']:.2f} | {'—' if fps_b is None else f'{fps_b:.2f}'} | {bb_cells} | {speedup} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -283,6 +459,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--cuda-graph", action="store_true", help="also time each variant replayed as a CUDA graph")
+    parser.add_argument("--deploy", action="store_true", help="FAPM in every CPU runtime (fapm.deploy)")
+    parser.add_argument("--deploy-runtimes", default=",".join(DEPLOY_ROWS), help="rows of the --deploy table")
+    parser.add_argument("--calibration", type=int, default=64, help="INT8 calibration images (training set)")
+    parser.add_argument("--anomalib-python", default=None,
+                        help="python of an environment with anomalib + openvino: adds its OpenVINO PatchCore")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--max-train", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -312,6 +493,7 @@ def main() -> None:
             "python": platform.python_version(), "platform": platform.platform(),
         },
         "backbone": args.backbone, "weights": str(extractor.weight_source), "category": args.category,
+        "image_side": int(test_images.shape[-1]),
         "train_images": args.train_images, "test_images": args.test_images, "warmup": args.warmup,
         "feature_extraction_ms_per_image": 1000 * per_image_extract,
         "backbone_latency_ms": per_image_ms(extractor, test_images, device, args.warmup),
@@ -344,11 +526,18 @@ def main() -> None:
         for n in sweep:
             print(f"[speed] sweep {variant} n={n} …", file=sys.stderr, flush=True)
             report["sweep"].setdefault(variant, {})[n] = measure(variant, min(n, n_max), full=False)
+    if args.deploy:
+        report["deploy"] = deploy_rows(args, extractor, feats, train_images[: min(args.train_images, n_max)],
+                                       test_images, device, extra)
+        if args.anomalib_python:
+            report["deploy"]["anomalib PatchCore (OpenVINO)"] = anomalib_row(args, min(args.train_images, n_max))
     if not args.skip_rss:
         report["fit_peak_rss_mb"] = {str(n_max): rss_child(args, n_max)}
     report["process_peak_rss_mb"] = peak_rss_mb()
     report["targets"] = targets(report, args.batch, sweep)
     print(markdown(report, args.batch))
+    if "deploy" in report:
+        print("\n" + deploy_markdown(report, args.batch))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))
@@ -379,6 +568,21 @@ def targets(report: dict[str, Any], batch: int, sweep: list[int]) -> dict[str, A
     if "fps_batch1" in g:
         fps = g["fps_batch1"]
         out["fapm_fps_batch1_cuda_graph"] = {"value": fps, "target": ">= 300 (H100)", "met": fps >= 300}
+    d = report.get("deploy", {})
+    timed = {k: r for k, r in d.items() if "fps_batch1" in r and "anomalib" not in k}
+    if "eager fp32" in timed and len(timed) > 1:
+        best = max(timed, key=lambda k: timed[k]["fps_batch1"])
+        r = timed[best]["fps_batch1"] / timed["eager fp32"]["fps_batch1"]
+        out[f"fapm_best_runtime_over_eager_fp32 ({best})"] = {"value": r, "target": ">= 3", "met": r >= 3}
+        anomalib = next((r for k, r in d.items() if "anomalib" in k and "fps_batch1" in r), None)
+        if anomalib:
+            ra = timed[best]["fps_batch1"] / anomalib["fps_batch1"]
+            out["fapm_best_over_anomalib_openvino_patchcore"] = {"value": ra, "target": ">= 3", "met": ra >= 3}
+    for name, row in timed.items():
+        bb = row.get("backbone")
+        if bb:
+            head = (row["latency_ms"]["median"] - bb["latency_ms"]["median"]) / bb["latency_ms"]["median"]
+            out[f"head_over_backbone_b1 ({name})"] = {"value": head, "target": "<= 0.10", "met": head <= 0.10}
     rss = report.get("fit_peak_rss_mb")
     if rss:
         n, mb = next(iter(rss.items()))

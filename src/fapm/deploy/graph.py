@@ -1,0 +1,190 @@
+"""The scoring path of a fitted :class:`~fapm.models.detector.MemoryDetector` as exportable modules.
+
+Two halves, so that the backbone can be quantized (or timed) alone and the head re-attached:
+
+* :class:`BackboneGraph` — RGB ``[B, 3, S, S]`` in ``[0, 1]`` → normalisation → backbone
+  to its last used layer → local average pooling → one pooled map per layer.
+* :class:`HeadGraph` — those maps → feature streams → per-region search as batched matrix
+  products + top-k (exact re-ranking of the ``k`` found) → layer fusion → resize → blur →
+  image score (the detector's own strategy, PatchCore's support set included) → label.
+* :class:`ScoringGraph` — both in one module.
+
+Everything is a pure function of the input with no Python control flow on tensor values and
+no host reads, so one trace or ``torch.export`` holds for every batch size. The memories become
+constants of the graph. What differs from the eager detector's search, on purpose:
+
+* the search never chunks its ``[R, Q, M]`` block (the eager ``TorchKNN`` chunks large
+  batches to bound memory; a chunk count that depends on the batch cannot be one static
+  graph), so a batch of ``B`` needs ``4·R·Q·M`` bytes at once (FAPM at 224², WRN-50-2,
+  200 images: ≈ 1 MB per image; PatchCore's one global memory: ≈ 50 MB per image);
+* it ranks by ``‖m‖² − 2 q·m`` (``‖q‖²`` is the same for every item of a query and does
+  not change the order) and then recomputes the found neighbours' distances exactly,
+  ``‖q − m‖``, as the eager detector does (:func:`fapm.models.knn.exact_distances`);
+* the detector's search backend (``torch`` or ``faiss``) does not matter: the graph's
+  search is exact, as both backends are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fapm.models.detector import MemoryDetector
+from fapm.models.knn import exact_distances
+from fapm.models.patch_memory import merge_regions, split_regions
+from fapm.models.scoring import ScoreContext, fuse_streams, gaussian_kernel1d
+from fapm.models.support import StreamSearch, support_distances
+
+#: Names of the exported graphs' inputs and outputs.
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("image_scores", "anomaly_maps", "labels")
+
+
+def map_operator(length: int, size: int, sigma: float, mode: str) -> Tensor:
+    """``[size, length]`` matrix of one axis of :func:`fapm.models.scoring.anomaly_map`.
+
+    The resize (bilinear, nearest or bicubic, ``align_corners=False``) and the Gaussian
+    blur (reflect padding, replicate when the map is smaller than the kernel) are linear
+    and act on rows and columns separately, so ``anomaly_map(x) = A_h · x · A_wᵀ`` with
+    ``A = blur ∘ resize`` of each axis. Computed in float64 by pushing the identity
+    through the same torch functions; two small matrix products replace a resize and two
+    33-tap convolutions over the full-size map (which cost ~10× more on a CPU).
+    """
+    eye = torch.eye(length, dtype=torch.float64)
+    if length == size:
+        resized = eye
+    else:
+        # each basis map [length, 1] → [size, 1]; the width axis stays 1 (identity)
+        basis = eye.view(length, 1, length, 1)
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
+        resized = F.interpolate(basis, size=(size, 1), mode=mode, **kwargs).view(length, size).t()  # [size, length]
+    if sigma <= 0:
+        return resized
+    kernel = gaussian_kernel1d(sigma, dtype=torch.float64)
+    radius = kernel.numel() // 2
+    pad_mode = "reflect" if size > radius else "replicate"
+    rows = F.pad(torch.eye(size, dtype=torch.float64).view(size, 1, size), (radius, radius), mode=pad_mode)
+    blur = F.conv1d(rows, kernel.view(1, 1, -1)).view(size, size).t()  # [out, in]
+    return blur @ resized
+
+
+class BackboneGraph(nn.Module):
+    """RGB ``[B, 3, S, S]`` in ``[0, 1]`` → pooled maps, one ``[B, C_l, H_l, W_l]`` per layer.
+
+    The detector's extractor runs in float32 and its default memory format here, whatever
+    its ``autocast_dtype``/``channels_last`` options: precision is the runtime's business.
+
+    Args:
+        detector: the fitted detector (only its extractor is used).
+        mean: per-channel mean of the normalisation.
+        std: per-channel standard deviation.
+    """
+
+    def __init__(self, detector: MemoryDetector, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.body = detector.extractor.body
+        self.pool = detector.extractor.pool
+        self.layers = list(detector.extractor.layers)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
+        # multiply by 1/std (one op fewer per pixel than a division; equal to 1 ulp)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        raw = self.body((images - self.mean) * self.inv_std)
+        return tuple(self.pool(raw[layer]) for layer in self.layers)
+
+
+class HeadGraph(nn.Module):
+    """Pooled layer maps → ``(image scores [B], anomaly maps [B, S, S], labels [B] bool)``.
+
+    Args:
+        detector: the fitted detector (streams, memories, fusion weights, map and score
+            settings; its searches are built on the first call if needed).
+        size: ``(S, S)`` the input image size (the map's size).
+        image_threshold: label threshold (``label = score >= threshold``); ``None`` = +inf,
+            i.e. every label False (no threshold stored).
+    """
+
+    def __init__(self, detector: MemoryDetector, size: tuple[int, int], image_threshold: float | None) -> None:
+        super().__init__()
+        detector._ensure_search()  # k capped by the smallest memory, read once here
+        self.streams = detector.streams
+        self.grid = detector.grid
+        self.k = int(detector._k_eff)
+        self.k_max = int(detector._k_max)
+        self.layer_weights = list(detector.layer_weights)
+        self.image_score = detector.image_score
+        self.map_upsample = detector.map_upsample
+        self.blur_sigma = float(detector.blur_sigma)
+        self.size = (int(size[0]), int(size[1]))
+        self.n_streams = len(detector.memories)
+        # the fused map's grid is the finest stream's: one dummy pass of the streams finds it
+        finest = self._fused_grid(detector)
+        self.register_buffer("map_rows", map_operator(finest[0], self.size[0], self.blur_sigma, self.map_upsample).float())
+        self.register_buffer("map_cols_t", map_operator(finest[1], self.size[1], self.blur_sigma, self.map_upsample).float().t().contiguous())
+        for i, memory in enumerate(detector.memories):
+            vectors, norms = memory.searchable(detector.neighbourhood)
+            self.register_buffer(f"vectors{i}", vectors.detach().float().contiguous())  # [R, M, C]
+            self.register_buffer(f"norms{i}", norms.detach().float().unsqueeze(1).contiguous())  # [R, 1, M]
+        threshold = float("inf") if image_threshold is None else float(image_threshold)
+        self.register_buffer("image_threshold", torch.tensor(threshold, dtype=torch.float32))
+
+    def _fused_grid(self, detector: MemoryDetector) -> tuple[int, int]:
+        device = next(detector.extractor.parameters()).device
+        with torch.no_grad():
+            streams = detector.extract(torch.zeros(1, 3, *self.size, device=device))
+        return max(s.shape[-2] for s in streams), max(s.shape[-1] for s in streams)
+
+    def memory(self, i: int) -> tuple[Tensor, Tensor]:
+        """``(vectors [R, M, C], sq_norms [R, 1, M])`` of stream ``i``."""
+        return getattr(self, f"vectors{i}"), getattr(self, f"norms{i}")
+
+    def search(self, stream: Tensor, i: int) -> StreamSearch:
+        """One stream's per-region exact k-NN as a batched matrix product + top-k."""
+        vectors, norms = self.memory(i)
+        queries = split_regions(stream, self.grid)  # [R, Q, C]
+        # rank by ‖m‖² − 2 q·m; -2 goes on the (small) queries, not on the [R, Q, M] block
+        rank = torch.matmul(queries * -2.0, vectors.transpose(1, 2)) + norms
+        found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False).indices
+        # the k found neighbours' distances exactly, ‖q − m‖, sorted (as the eager detector)
+        dist, idx = exact_distances(queries, vectors, found)
+        return StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1]))
+
+    def support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
+        memories = [(v, m.squeeze(1)) for v, m in (self.memory(i) for i in range(self.n_streams))]
+        return support_distances(
+            results, memories, self.layer_weights, self.grid, (fused.shape[-2], fused.shape[-1]), pos,
+            min(n, self.k_max),
+        )
+
+    def forward(self, *features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = features[0].shape[0]
+        layers = dict(zip((f"l{i}" for i in range(len(features))), features))
+        results = [self.search(stream, i) for i, stream in enumerate(self.streams(layers))]
+        maps = [merge_regions(r.distances, batch, self.grid, r.size) for r in results]
+        fused = fuse_streams(maps, self.layer_weights)
+        scores = self.image_score(ScoreContext(fused, lambda pos, n: self.support(results, fused, pos, n)))
+        anomaly = torch.matmul(torch.matmul(self.map_rows, fused[:, 0]), self.map_cols_t)  # resize + blur
+        return scores, anomaly, scores >= self.image_threshold
+
+
+class ScoringGraph(nn.Module):
+    """RGB ``[B, 3, S, S]`` in ``[0, 1]`` → ``(image scores [B], anomaly maps [B, S, S], labels [B])``."""
+
+    def __init__(self, backbone: BackboneGraph, head: HeadGraph) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.head(*self.backbone(images))
+
+
+def scoring_graph(
+    detector: MemoryDetector, size: int, mean: Sequence[float], std: Sequence[float], image_threshold: float | None
+) -> ScoringGraph:
+    """The whole exportable scoring path of ``detector`` for ``size × size`` inputs (eval mode, CPU or not)."""
+    return ScoringGraph(BackboneGraph(detector, mean, std), HeadGraph(detector, (size, size), image_threshold)).eval()

@@ -1,0 +1,45 @@
+"""Helpers of the deployment tests (small fitted detectors of every variant)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from fapm.deploy.info import DeployInfo
+from fapm.models.adaptive import AdaptiveCoreset
+from fapm.models.detector import MemoryDetector
+from fapm.models.features import FeatureExtractor
+from fapm.models.scoring import PatchCoreWeightedScore
+from fapm.models.streams import ConcatLayers
+
+
+def extractor() -> FeatureExtractor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FeatureExtractor("resnet18", pretrained="false", seed=0)
+
+
+VARIANTS = {
+    "fapm": lambda: MemoryDetector(extractor(), grid=(2, 2), coreset=AdaptiveCoreset(0.3)),
+    # B: concatenated streams on the grid; C: separate layers, one region; A: PatchCore
+    "ablation_b": lambda: MemoryDetector(extractor(), ConcatLayers(), grid=(2, 2), coreset=AdaptiveCoreset(0.3, adaptive=False)),
+    "ablation_c": lambda: MemoryDetector(extractor(), grid=(1, 1), coreset=AdaptiveCoreset(0.3, adaptive=False)),
+    "patchcore": lambda: MemoryDetector(
+        extractor(), ConcatLayers(), grid=(1, 1), coreset=AdaptiveCoreset(0.2, adaptive=False), k=1,
+        image_score=PatchCoreWeightedScore(num_neighbors=4),
+    ),
+}
+
+
+def fit(variant: str, train: torch.Tensor, info: DeployInfo) -> MemoryDetector:
+    det = VARIANTS[variant]().eval()
+    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        det.collect((train - mean) / std)
+        det.build()
+    return det
+
+
+def normalised(images: torch.Tensor, info: DeployInfo) -> torch.Tensor:
+    return (images - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
