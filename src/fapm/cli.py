@@ -49,13 +49,15 @@ OTHER_COMMANDS: dict[str, str] = {
 EXPORT_FORMATS: dict[str, str] = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "openvino": ".xml"}
 
 
-def _export_torchscript(model: Any, out: Path) -> Path:
-    return model.export(out)
+def _exporter(fmt: str) -> Callable[[Any, Path, str], Path]:
+    def export(model: Any, out: Path, precision: str) -> Path:
+        return model.export(out, format=fmt, precision=precision)
+
+    return export
 
 
-#: The implemented ones: name → ``exporter(loaded FAPM model, output path) -> written path``.
-#: A format of :data:`EXPORT_FORMATS` without an exporter is refused with a usage error.
-EXPORTERS: dict[str, Callable[[Any, Path], Path]] = {"torchscript": _export_torchscript}
+#: The implemented ones: name → ``exporter(loaded FAPM model, output path, precision) -> written path``.
+EXPORTERS: dict[str, Callable[[Any, Path, str], Path]] = {name: _exporter(name) for name in EXPORT_FORMATS}
 
 VERBOSE_FLAG = "--verbose"
 CONFIG_SOURCE = "pkg://fapm.conf"
@@ -340,7 +342,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} export",
         description="Write a deployable file of a model.safetensors's whole scoring path (normalisation, backbone, "
-        "memory search, map and score). TorchScript runs with torch alone (docs/predict.md).",
+        "memory search, map and score): TorchScript runs with torch alone, ONNX with ONNX Runtime or OpenVINO, "
+        "OpenVINO IR with OpenVINO (docs/predict.md, README: Deploying on a CPU).",
     )
     parser.add_argument("model", help="a model.safetensors written by `fapm train`")
     parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="torchscript",
@@ -349,11 +352,14 @@ def export_parser() -> argparse.ArgumentParser:
                         help="output file (default: next to the model, e.g. model.torchscript.pt)")
     parser.add_argument("--device", default="cpu",
                         help="cpu | cuda | cuda:<n> | auto: the graph keeps the device it is exported on")
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="int8 (onnx/openvino): NNCF-quantized backbone, memories rebuilt from its features on "
+                        "the model's training images, thresholds re-decided on its held-out normal images")
     return parser
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """``fapm export <model.safetensors> [--format torchscript] [--out FILE] [--device cpu]``."""
+    """``fapm export <model.safetensors> [--format torchscript|onnx|openvino] [--precision fp32|int8] [--out FILE]``."""
     args = export_parser().parse_args(list(argv))
     exporter = EXPORTERS.get(args.format)
     if exporter is None:
@@ -364,8 +370,10 @@ def export_main(argv: Sequence[str]) -> int:
 
     from fapm.inference.api import FAPM
 
-    written = exporter(FAPM.load(model_path, device=args.device), out)
-    print(f"exported {model_path} -> {written} ({args.format})")
+    if args.precision == "int8" and args.format == "torchscript":
+        raise UsageError("--precision int8 needs --format onnx or openvino")
+    written = exporter(FAPM.load(model_path, device=args.device), out, args.precision)
+    print(f"exported {model_path} -> {written} ({args.format}, {args.precision})")
     return 0
 
 

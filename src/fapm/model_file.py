@@ -236,6 +236,7 @@ class ModelFile:
         facts, meta: what the run recorded.
         backbone_included: the backbone's weights are in ``tensors``.
         tensors: name → tensor, on the CPU.
+        checksum: the file's sha256 checksum (identifies its contents, e.g. for caches).
         signed: the file carries a signature; ``verified``: it was checked with the key.
     """
 
@@ -249,6 +250,7 @@ class ModelFile:
     meta: dict[str, Any]
     backbone_included: bool
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    checksum: str = ""
     signed: bool = False
     verified: bool = False
 
@@ -401,6 +403,7 @@ def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tenso
         meta=dict(header.get("meta") or {}),
         backbone_included=header["backbone_included"],
         tensors=tensors,
+        checksum=header["checksum"],
         signed=signed,
         verified=verified,
     )

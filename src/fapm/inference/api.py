@@ -111,6 +111,11 @@ class FAPM:
         cuda_graph: on a CUDA device, replay each batch shape's scoring pass as one CUDA
             graph (captured on first use; :mod:`fapm.models.cuda_graph`). Cuts batch-1
             latency, which is kernel-launch bound on a GPU.
+        runtime: ``torch`` (the detector itself) or ``onnxruntime`` / ``openvino``: the whole
+            scoring pass exported to ONNX once (cached, :mod:`fapm.deploy.serving`) and run by
+            that runtime on the CPU (the ``deploy`` extra).
+        precision: ``f32``, or ``bf16`` with OpenVINO on a CPU that supports it.
+        threads: CPU threads of the runtime (None = its default).
     """
 
     def __init__(
@@ -123,6 +128,9 @@ class FAPM:
         min_side: int = DEFAULT_MIN_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cuda_graph: bool = False,
+        runtime: str = "torch",
+        precision: str = "f32",
+        threads: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.detector = detector.to(self.device).eval()
@@ -137,6 +145,12 @@ class FAPM:
         self.pixel_threshold = self.thresholds.select("pixel", pixel_threshold)
         self.min_side = int(min_side)
         self.max_pixels = int(max_pixels)
+        self.runtime = runtime
+        self._scorer = None
+        if runtime != "torch":
+            from fapm.deploy.serving import scorer_for
+
+            self._scorer = scorer_for(self, runtime, precision, threads)
 
     @classmethod
     def load(
@@ -146,6 +160,9 @@ class FAPM:
         threshold: str | float = "auto",
         pixel_threshold: str | float = "auto",
         cuda_graph: bool = False,
+        runtime: str = "torch",
+        precision: str = "f32",
+        threads: int | None = None,
         **limits: int,
     ) -> FAPM:
         """Load a model file (data only: see :mod:`fapm.model_file`).
@@ -156,6 +173,9 @@ class FAPM:
             threshold: image threshold ``auto | quantile | f1 | <number>`` (see the class).
             pixel_threshold: the same for the pixel mask.
             cuda_graph: replay the scoring pass as a CUDA graph (CUDA devices only).
+            runtime: ``torch``, ``onnxruntime`` or ``openvino`` (see the class).
+            precision: ``f32`` or ``bf16`` (OpenVINO).
+            threads: CPU threads of the runtime.
             **limits: ``min_side`` / ``max_pixels`` (see :mod:`fapm.inference.images`).
 
         Raises:
@@ -163,7 +183,10 @@ class FAPM:
             ThresholdError: a threshold asked for that the file does not hold.
         """
         detector, file = load_detector(path)
-        return cls(detector, file, device, threshold, pixel_threshold, cuda_graph=cuda_graph, **limits)
+        return cls(
+            detector, file, device, threshold, pixel_threshold, cuda_graph=cuda_graph, runtime=runtime,
+            precision=precision, threads=threads, **limits,
+        )
 
     @property
     def has_labels(self) -> bool:
@@ -180,6 +203,9 @@ class FAPM:
                 f"score() takes pre-processed images [B, 3, {side}, {side}], got {list(images.shape)}; "
                 "use predict() for images of any size"
             )
+        if self._scorer is not None:  # onnxruntime / openvino
+            out = self._scorer.score(images.cpu())
+            return AnomalyOutput(out.image_scores, out.anomaly_maps)
         images = images.to(self.device)
         if self._graphs is None:
             return self.detector(images)
@@ -256,11 +282,25 @@ class FAPM:
             facts=f.facts, meta=f.meta, include_backbone=include_backbone,
         )
 
-    def export(self, path: str | Path) -> Path:
-        """TorchScript file of the whole scoring path (see :func:`fapm.inference.export.export_torchscript`)."""
-        from fapm.inference.export import export_torchscript
+    def export(self, path: str | Path, format: str = "torchscript", precision: str = "fp32") -> Path:
+        """A file of the whole scoring path that runs without this package.
 
-        return export_torchscript(self, path)
+        Args:
+            path: the output file (``.pt``, ``.onnx`` or OpenVINO's ``.xml``).
+            format: ``torchscript`` (:func:`fapm.inference.export.export_torchscript`), ``onnx``
+                or ``openvino`` (:func:`fapm.deploy.serving.export_model`).
+            precision: ``fp32``, or ``int8`` for ``onnx``/``openvino`` (NNCF-quantized backbone,
+                memories rebuilt from its features on the model's training images).
+        """
+        if format == "torchscript":
+            if precision != "fp32":
+                raise ValueError("TorchScript export is fp32 only")
+            from fapm.inference.export import export_torchscript
+
+            return export_torchscript(self, path)
+        from fapm.deploy.serving import export_model
+
+        return export_model(self, Path(path), format, precision)
 
     def __repr__(self) -> str:
         facts = ", ".join(f"{k}={self.facts[k]}" for k in ("model", "backbone", "layers", "grid", "weights") if k in self.facts)

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fapm.data.errors import DataError
+from fapm.deploy.serving import DeployError
 from fapm.inference.api import FAPM
 from fapm.inference.predict import OutputFolder, PredictError, PredictSummary, check_device, predict_files
 from fapm.inference.thresholds import ThresholdError, parse_choice
@@ -22,7 +23,7 @@ from fapm.model_file import ModelFileError
 log = logging.getLogger(__name__)
 
 #: What a predict run reports as one line (exit code 2) instead of a traceback.
-SETUP_ERRORS: tuple[type[Exception], ...] = (PredictError, ThresholdError, ModelFileError, DataError)
+SETUP_ERRORS: tuple[type[Exception], ...] = (PredictError, ThresholdError, ModelFileError, DataError, DeployError)
 
 
 def _integer(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -57,6 +58,11 @@ def check_settings(cfg: Mapping[str, Any]) -> None:
     _integer(cfg, "max_pixels", 1)
     for key in ("overlays", "masks", "progress", "overwrite"):
         _flag(cfg, key)
+    runtime = cfg.get("runtime") or {}
+    if runtime.get("engine", "torch") not in ("torch", "onnxruntime", "openvino"):
+        raise PredictError(f"runtime.engine must be torch, onnxruntime or openvino, got {runtime.get('engine')!r}")
+    if runtime.get("precision", "f32") not in ("f32", "bf16"):
+        raise PredictError(f"runtime.precision must be f32 or bf16, got {runtime.get('precision')!r}")
     alpha = cfg["overlay_alpha"]
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise PredictError(f"overlay_alpha must be a number in [0, 1], got {alpha!r}")
@@ -79,6 +85,9 @@ def predict(cfg: DictConfig) -> PredictSummary:
             pixel_threshold=cfg.pixel_threshold,
             min_side=cfg.min_side,
             max_pixels=cfg.max_pixels,
+            runtime=cfg.runtime.engine,
+            precision=cfg.runtime.precision,
+            threads=cfg.runtime.threads,
         )
         log.info("%r", model)
         summary = predict_files(
