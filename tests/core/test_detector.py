@@ -194,3 +194,22 @@ def test_reserved_collection_builds_the_same_memory(tmp_path, images, expected) 
     for a, b in zip(det.memories, reference.memories):
         assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
     assert store._reserved == [None, None] and store._pieces == [[], []]  # nothing held after build
+
+
+def test_softmax_score_with_one_neighbour_falls_back_to_max_and_warns(extractor, images) -> None:
+    """Effective k = 1 (one-vector region memories): 1 − max softmax would be 0 for every image."""
+    from fapm.models.scoring import MaxScore, ScoreContext, SoftmaxWeightedScore
+
+    fused = torch.rand(3, 1, 4, 4) + 1.0
+    assert torch.equal(SoftmaxWeightedScore()(ScoreContext(fused)), MaxScore()(ScoreContext(fused)))
+    # a fitted detector: one training image, 7x7 regions of a 112-px input (layer3 is 7x7): one vector per region
+    det = MemoryDetector(extractor, grid=(7, 7), coreset=AdaptiveCoreset(0.1, adaptive=False), k=4)
+    det.collect(images[:1])
+    with pytest.warns(UserWarning, match="effective k is 1.*falls back to the max score"):
+        det.build()
+    with torch.no_grad():
+        out = det(images[1:4])
+        fused = det.fuse(det.nearest(det.extract(images[1:4])), 3)
+    assert det.effective_k() == 1
+    assert torch.all(out.image_scores > 0)
+    assert torch.equal(out.image_scores, fused[:, 0].flatten(1).amax(dim=1))

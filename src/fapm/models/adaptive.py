@@ -22,8 +22,10 @@ distances in the tens to thousands, so "as printed" every memory would be double
 * ``relative``: divided by the memory's mean squared vector norm (scale-free).
 
 ``threshold_mode`` chooses how ``d_th`` is read: ``absolute`` (``d_imax > d_th``, the paper)
-or ``quantile`` (memories above the ``d_th`` quantile of their layer's ``d_imax`` values,
-so a fixed share ``1 − d_th`` of the regions is doubled whatever the feature scale).
+or ``quantile`` (memories above the ``d_th`` quantile of their layer's values, so a fixed
+share ``1 − d_th`` of the regions is doubled whatever the feature scale). The quantile mode
+ranks the squared covering radius before Eq. 1's squashing: ``tanh`` is increasing, so the
+order is Eq. 1's, but it survives the saturation that makes every ``d_imax`` exactly 1.0.
 """
 
 from __future__ import annotations
@@ -118,10 +120,18 @@ class AdaptiveCoreset:
         self.threshold_mode = threshold_mode
         self.with_cluster_spread = with_cluster_spread
 
-    def enlarge_mask(self, d_max: Tensor) -> Tensor:
-        """``[R]`` bool: which memories the rule enlarges, given their ``d_imax [R]``."""
+    def enlarge_mask(self, d_max: Tensor, sq_radius: Tensor | None = None) -> Tensor:
+        """``[R]`` bool: which memories the rule enlarges.
+
+        Args:
+            d_max: ``[R]`` Eq. 1 spreads ``d_imax`` (compared with ``d_th`` in absolute mode).
+            sq_radius: ``[R]`` the scaled squared covering radius that ``d_imax`` squashes; the
+                quantile mode ranks on it, because Eq. 1 saturates (every ``d_imax`` = 1.0 in
+                float32 once ‖·‖² exceeds ~17) and ties would then enlarge nothing.
+        """
         if self.threshold_mode == "quantile":
-            return d_max > torch.quantile(d_max.double(), self.d_th).to(d_max)
+            values = d_max if sq_radius is None else sq_radius
+            return values > torch.quantile(values.double(), self.d_th).to(values)
         return d_max > self.d_th
 
     def __call__(self, features: Tensor, generator: torch.Generator) -> CoresetResult:
@@ -142,13 +152,14 @@ class AdaptiveCoreset:
             zeros = torch.zeros(r, dtype=torch.bool, device=features.device)
             return CoresetResult(state.selected, torch.full((r,), k1, device=features.device), nan, zeros)
         sq_nearest, assignment = self._true_distances(features, state)
-        d_max = cluster_spread(scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale))
+        sq_radius = scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale)  # [R]
+        d_max = cluster_spread(sq_radius)
         spread = None
         if self.with_cluster_spread:
             far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=features.device)
             far_sq.scatter_reduce_(1, assignment, sq_nearest, reduce="amax")
             spread = cluster_spread(scale_sq_distances(far_sq, features, self.distance_scale))
-        enlarged = self.enlarge_mask(d_max) if self.adaptive else torch.zeros_like(d_max, dtype=torch.bool)
+        enlarged = self.enlarge_mask(d_max, sq_radius) if self.adaptive else torch.zeros_like(d_max, dtype=torch.bool)
         k2 = num_centres(n, min(1.0, self.ratio * self.factor))
         lengths = torch.where(enlarged, k2, k1)
         indices = torch.full((r, int(lengths.max())), -1, dtype=torch.long, device=features.device)

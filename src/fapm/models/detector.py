@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -205,7 +206,20 @@ class MemoryDetector(nn.Module):
             report.enlarged.append(int(result.enlarged.sum()))
         self.last_build = report
         self._search_key = None
+        self._warn_small_k()
         return report
+
+    def _warn_small_k(self) -> None:
+        """Say so when the image score cannot work as configured with the memory built."""
+        needed = int(getattr(self.image_score, "min_k", 1))
+        k_eff = self.effective_k()
+        if k_eff < needed:
+            warnings.warn(
+                f"image score {type(self.image_score).__name__} needs k >= {needed} neighbours but the effective k is "
+                f"{k_eff} (model.k={self.k}, smallest region memory {k_eff} vectors: too few training images or "
+                "a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
+                stacklevel=3,
+            )
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:
