@@ -345,7 +345,8 @@ class MemorySettings(Settings):
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
     search: SearchSettings = SearchSettings()
-    image_score: Literal["softmax", "max", "patchcore"] = "softmax"
+    # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
+    image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")

@@ -32,7 +32,7 @@ from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
 from fapm.models.knn import KNNSearch, TorchKNN, exact_distances
 from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
-from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
+from fapm.models.scoring import ImageScore, MaxScore, ScoreContext, anomaly_map, fuse_streams
 from fapm.models.streams import FeatureStreams, SeparateLayers
 from fapm.models.support import StreamSearch, support_distances
 from fapm.types import AnomalyOutput
@@ -55,7 +55,7 @@ class MemoryDetector(nn.Module):
         search: factory returning a fresh :class:`KNNSearch` (one per stream).
         k: neighbours per test vector.
         layer_weights: fusion weight per stream (default 1 each).
-        image_score: image-score strategy.
+        image_score: image-score strategy (default: the max score, as model.image_score).
         map_upsample: ``bilinear`` or ``nearest`` resize of the patch map to the input.
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
@@ -94,7 +94,7 @@ class MemoryDetector(nn.Module):
         self.layer_weights = list(layer_weights) if layer_weights is not None else [1.0] * n_streams
         if len(self.layer_weights) != n_streams:
             raise ValueError(f"model.layer_weights needs {n_streams} values (one per stream), got {self.layer_weights}")
-        self.image_score = image_score or SoftmaxWeightedScore()
+        self.image_score = image_score or MaxScore()
         self.map_upsample = map_upsample
         self.blur_sigma = float(blur_sigma)
         self.neighbourhood = int(neighbourhood)
