@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from fapm.settings import (
@@ -72,12 +73,17 @@ def build_memory_detector(
 
     coreset = AdaptiveCoreset(
         ratio=model.coreset_ratio,
-        sampler=GreedyKCenter(projection_dim=model.projection_dim, chunk_mb=model.coreset_chunk_mb),
+        sampler=GreedyKCenter(
+            projection_dim=model.projection_dim,
+            chunk_mb=model.coreset_chunk_mb,
+            device_chunk_mb=model.coreset_device_chunk_mb,
+        ),
         adaptive=model.adaptive,
         d_th=model.d_th,
         factor=model.adaptive_factor,
         distance_scale=model.distance_scale,
         threshold_mode=model.threshold_mode,
+        memory_cap=model.memory_cap,
     )
     return MemoryDetector(
         extractor if extractor is not None else build_extractor(backbone),
@@ -92,6 +98,8 @@ def build_memory_detector(
         blur_sigma=model.blur_sigma,
         neighbourhood=model.neighbourhood,
         seed=seed,
+        feature_dtype=getattr(torch, model.feature_dtype),
+        feature_host=model.feature_storage == "host",
     )
 
 

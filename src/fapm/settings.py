@@ -336,6 +336,19 @@ class MemorySettings(Settings):
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")
     coreset_chunk_mb: float = setting(8.0, ge=0.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
+    # --- bounded fit memory (docs/readme/scale.md)
+    feature_dtype: Literal["float32", "float16", "bfloat16"] = setting(
+        "float32", doc="dtype the collected training features are stored in (distances are computed in float32)"
+    )
+    feature_storage: Literal["device", "host"] = setting(
+        "device", doc="where collected features live: the trainer's device, or host memory (pinned under CUDA)"
+    )
+    coreset_device_chunk_mb: float = setting(
+        0.0, ge=0.0, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
+    )
+    memory_cap: int | None = setting(
+        None, ge=1, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
+    )
     timing_warmup: int = setting(2, ge=0, doc="test batches not counted in the latency")
 
     def streams(self, backbone: BackboneSettings) -> int:

@@ -28,13 +28,14 @@ so a fixed share ``1 − d_th`` of the regions is doubled whatever the feature s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from fapm.models.coreset import GreedyKCenter, KCenterState, exact_assignment, num_centres
+from fapm.models.coreset import GreedyKCenter, KCenterState, compute_device, exact_assignment, mean_sq_norm, num_centres
 
 DistanceScale = Literal["raw", "per_channel", "relative"]
 ThresholdMode = Literal["absolute", "quantile"]
@@ -52,8 +53,8 @@ def scale_sq_distances(sq_dist: Tensor, features: Tensor, mode: DistanceScale) -
     if mode == "per_channel":
         return sq_dist / features.shape[-1]
     if mode == "relative":
-        mean_sq_norm = (features * features).sum(-1).mean(-1).clamp_min(1e-12)  # [R]
-        return sq_dist / mean_sq_norm.view(-1, *([1] * (sq_dist.dim() - 1)))
+        norms = mean_sq_norm(features, sq_dist.device).clamp_min(1e-12)  # [R], float32, chunked
+        return sq_dist / norms.view(-1, *([1] * (sq_dist.dim() - 1)))
     raise ValueError(f"distance_scale must be raw, per_channel or relative, got {mode!r}")
 
 
@@ -76,6 +77,26 @@ class CoresetResult:
     cluster_spread: Tensor | None = None
 
 
+@dataclass
+class FirstPass:
+    """The first-pass coreset of ``R`` memories (see :meth:`AdaptiveCoreset.first_pass`).
+
+    Attributes:
+        state: the resumable greedy run (``None`` when every candidate is kept).
+        selected: ``[R, k1]`` chosen indices.
+        d_max: ``[R]`` Eq. 1 spread (NaN when not computed).
+        spread: ``[R, k1]`` per-cluster spread, or ``None``.
+        k1, k2: first-pass and enlarged sizes.
+    """
+
+    state: KCenterState | None
+    selected: Tensor
+    d_max: Tensor
+    spread: Tensor | None
+    k1: int
+    k2: int
+
+
 class AdaptiveCoreset:
     """Greedy k-center per memory, with FAPM's adaptive enlargement.
 
@@ -88,6 +109,9 @@ class AdaptiveCoreset:
         distance_scale: meaning of ‖·‖² in Eq. 1 (see the module docstring).
         threshold_mode: ``absolute`` or ``quantile``.
         with_cluster_spread: also return ``d_ik`` of every cluster (costs a scatter).
+        memory_cap: most first-pass centres per memory (``None`` = ``ratio`` alone decides);
+            enlarged memories get at most ``factor`` times it. Bounds the memory, the build
+            (``O(N·cap)`` instead of ``O(ratio·N²)``) and the search, whatever ``N``.
     """
 
     def __init__(
@@ -100,6 +124,7 @@ class AdaptiveCoreset:
         distance_scale: DistanceScale = "raw",
         threshold_mode: ThresholdMode = "absolute",
         with_cluster_spread: bool = True,
+        memory_cap: int | None = None,
     ) -> None:
         if not 0 < ratio <= 1:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
@@ -117,6 +142,9 @@ class AdaptiveCoreset:
         self.distance_scale = distance_scale
         self.threshold_mode = threshold_mode
         self.with_cluster_spread = with_cluster_spread
+        if memory_cap is not None and memory_cap < 1:
+            raise ValueError(f"model.memory_cap must be >= 1 or null, got {memory_cap}")
+        self.memory_cap = memory_cap
 
     def enlarge_mask(self, d_max: Tensor) -> Tensor:
         """``[R]`` bool: which memories the rule enlarges, given their ``d_imax [R]``."""
@@ -124,43 +152,98 @@ class AdaptiveCoreset:
             return d_max > torch.quantile(d_max.double(), self.d_th).to(d_max)
         return d_max > self.d_th
 
-    def __call__(self, features: Tensor, generator: torch.Generator) -> CoresetResult:
-        """Select centres in each memory of ``features [R, N, C]``."""
-        r, n, _ = features.shape
+    def sizes(self, n: int) -> tuple[int, int]:
+        """``(k1, k2)``: first-pass and enlarged centres of a memory of ``n`` candidates,
+        after the per-region cap (``k2`` is ``factor`` times the capped ``k1`` at most)."""
         k1 = num_centres(n, self.ratio)
+        k2 = num_centres(n, min(1.0, self.ratio * self.factor))
+        if self.memory_cap is not None and k1 > self.memory_cap:
+            k1 = self.memory_cap
+            k2 = min(k2, n, max(k1, math.ceil(round(self.memory_cap * self.factor, 6))))
+        return k1, k2
+
+    def __call__(
+        self,
+        features: Tensor,
+        generator: torch.Generator,
+        regions: Tensor | None = None,
+        num_regions: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> CoresetResult:
+        """Select centres in each memory of ``features [R, N, C]``.
+
+        Args:
+            features: the candidates, any dtype and device (float16 on the host is fine:
+                distances are computed in float32 on ``device``, one chunk at a time).
+            generator: CPU generator of the random draws.
+            regions: build only these memories of the layer: ``features`` then holds their
+                candidates ``[R', N, C]`` and ``regions [R']`` their indices among the layer's
+                ``num_regions``. The result equals those rows of the full build (the random
+                draws are made for the whole layer). The ``quantile`` threshold needs every
+                region's ``d_max``: use :meth:`first_pass`, gather the ``d_max`` of all
+                regions, then :meth:`finish` with ``enlarge_mask(all_d_max)[regions]``.
+            device: where distances are computed (default: the features' device).
+
+        Returns:
+            the selection, its tensors on ``device``.
+        """
+        if regions is not None and self.adaptive and self.threshold_mode == "quantile":
+            raise ValueError(
+                "model.threshold_mode=quantile needs every region's d_max: build a subset of regions with "
+                "first_pass(), gather d_max, then finish()"
+            )
+        first = self.first_pass(features, generator, regions, num_regions, device)
+        enlarged = self.enlarge_mask(first.d_max) if self.adaptive else torch.zeros_like(first.d_max, dtype=torch.bool)
+        return self.finish(first, enlarged)
+
+    def first_pass(
+        self,
+        features: Tensor,
+        generator: torch.Generator,
+        regions: Tensor | None = None,
+        num_regions: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> FirstPass:
+        """The first-pass coreset of every memory and its ``d_max [R]`` (see :meth:`__call__`)."""
+        r, n, _ = features.shape
+        dev = compute_device(features, device)
+        k1, k2 = self.sizes(n)
+        nan = torch.full((r,), float("nan"), device=dev)
         if k1 == n:
             # Nothing to reduce: keep every vector (ratio 1.0, or tiny memories).
-            full = torch.arange(n, device=features.device).expand(r, n).clone()
-            nan = torch.full((r,), float("nan"), device=features.device)
-            zeros = torch.zeros(r, dtype=torch.bool, device=features.device)
-            return CoresetResult(full, torch.full((r,), n, device=features.device), nan, zeros)
-        state = self.sampler.select(features, k1, generator)
+            full = torch.arange(n, device=dev).expand(r, n).clone()
+            return FirstPass(None, full, nan, None, n, n)
+        state = self.sampler.select(features, k1, generator, regions=regions, num_regions=num_regions, device=dev)
         if not self.adaptive and state.space is not features:
             # Plain coreset on a projection (PatchCore): the statistics would need a full
             # extra assignment pass in feature space, as costly as the selection itself.
-            nan = torch.full((r,), float("nan"), device=features.device)
-            zeros = torch.zeros(r, dtype=torch.bool, device=features.device)
-            return CoresetResult(state.selected, torch.full((r,), k1, device=features.device), nan, zeros)
+            return FirstPass(state, state.selected, nan, None, k1, k1)
         sq_nearest, assignment = self._true_distances(features, state)
         d_max = cluster_spread(scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale))
         spread = None
         if self.with_cluster_spread:
-            far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=features.device)
+            far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=dev)
             far_sq.scatter_reduce_(1, assignment, sq_nearest, reduce="amax")
             spread = cluster_spread(scale_sq_distances(far_sq, features, self.distance_scale))
-        enlarged = self.enlarge_mask(d_max) if self.adaptive else torch.zeros_like(d_max, dtype=torch.bool)
-        k2 = num_centres(n, min(1.0, self.ratio * self.factor))
+        return FirstPass(state, state.selected, d_max, spread, k1, k2)
+
+    def finish(self, first: FirstPass, enlarged: Tensor) -> CoresetResult:
+        """Enlarge the memories ``enlarged [R]`` (bool) of ``first`` to ``k2`` centres."""
+        r = first.selected.shape[0]
+        dev = first.selected.device
+        k1, k2 = first.k1, first.k2
+        enlarged = enlarged.to(dev) & torch.tensor(k2 > k1, device=dev)
         lengths = torch.where(enlarged, k2, k1)
-        indices = torch.full((r, int(lengths.max())), -1, dtype=torch.long, device=features.device)
-        indices[:, :k1] = state.selected
-        if enlarged.any() and k2 > k1:
+        indices = torch.full((r, int(lengths.max())), -1, dtype=torch.long, device=dev)
+        indices[:, :k1] = first.selected
+        if first.state is not None and enlarged.any():
             rows = enlarged.nonzero().squeeze(1)
-            indices[rows] = self.sampler.extend(state, k2, rows=rows).selected
-        return CoresetResult(indices, lengths, d_max, enlarged, spread)
+            indices[rows] = self.sampler.extend(first.state, k2, rows=rows).selected
+        return CoresetResult(indices, lengths, first.d_max, enlarged, first.spread)
 
     @staticmethod
     def _true_distances(features: Tensor, state: KCenterState) -> tuple[Tensor, Tensor]:
         """Distances to the nearest centre in feature space (redone only after a projection)."""
         if state.space is features:
             return state.nearest_sq, state.assignment
-        return exact_assignment(features, state.selected)
+        return exact_assignment(features, state.selected, device=state.selected.device)

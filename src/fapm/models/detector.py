@@ -59,6 +59,10 @@ class MemoryDetector(nn.Module):
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
         seed: seed of the coreset's random choices.
+        feature_dtype: storage dtype of the collected training features (``None`` = as
+            extracted; float16/bfloat16 halve the fit's memory, distances stay float32).
+        feature_host: keep the collected features in (pinned) host memory; the coreset
+            streams chunks of regions to the device the backbone runs on.
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class MemoryDetector(nn.Module):
         blur_sigma: float = 4.0,
         neighbourhood: int = 0,
         seed: int = 0,
+        feature_dtype: torch.dtype | None = None,
+        feature_host: bool = False,
     ) -> None:
         super().__init__()
         if k < 1:
@@ -100,7 +106,7 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self.features = FeatureStore(n_streams)
+        self.features = FeatureStore(n_streams, dtype=feature_dtype, host=feature_host)
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
@@ -183,6 +189,7 @@ class MemoryDetector(nn.Module):
         if self.features.empty:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
         report = BuildReport(stream_names=list(self.stream_names))
         streams: Iterable[int] = range(len(self.memories))
         if progress is not None:
@@ -194,8 +201,8 @@ class MemoryDetector(nn.Module):
             # order they are the training set, so the memory equals a single process's.
             candidates = all_gather_rows(self.features.take(i), dim=1)
             report.candidates.append(candidates.shape[1])
-            result = self.coreset(candidates, generator)
-            memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
+            result = self.coreset(candidates, generator, device=device)
+            memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged, device=device)
             del candidates
             if memory.memory.is_cuda:
                 torch.cuda.synchronize(memory.memory.device)
