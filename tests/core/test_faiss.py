@@ -56,7 +56,7 @@ def test_ivf_recall_at_default_nprobe_on_clustered_data() -> None:
     exact, ivf = TorchKNN(), FaissKNN("IVF{nlist},Flat", nprobe=SearchSettings().nprobe)
     exact.fit(memory, norms)
     ivf.fit(memory, norms)
-    assert ivf._indexes[0].nlist == default_nlist(8000) == 205  # 4*sqrt(8000) capped at 8000/39
+    assert ivf._indexes[0].nlist == default_nlist(8000) == 89  # sqrt(8000)
     _, truth = exact.search(queries, 1)
     _, found = ivf.search(queries, 1)
     recall = float((truth == found).float().mean())

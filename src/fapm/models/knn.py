@@ -122,10 +122,24 @@ def gpu_resources(temp_memory_mb: int | None = None) -> Any:
     return _GPU_RESOURCES
 
 
+#: k-means training points per IVF cell (a seeded subsample beyond): bounds the training time
+#: (FAISS warns below 39; its own cap is 256).
+TRAIN_POINTS_PER_CELL = 64
+
+
 def default_nlist(n: int) -> int:
-    """IVF cells for ``n`` vectors: ``4·sqrt(n)``, at most ``n/39`` (FAISS wants >= 39 training
+    """IVF cells for ``n`` vectors: ``sqrt(n)``, at most ``n/39`` (FAISS wants >= 39 training
     points per cell), at least 1."""
-    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+    return max(1, min(int(round(math.sqrt(n))), n // 39))
+
+
+def training_sample(rows: Tensor, cells: int, seed: int = 0) -> Tensor:
+    """At most ``TRAIN_POINTS_PER_CELL · cells`` rows of ``rows [N, C]``, a seeded subsample."""
+    limit = TRAIN_POINTS_PER_CELL * max(cells, 1)
+    if rows.shape[0] <= limit:
+        return rows
+    pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
+    return rows[pick.to(rows.device)].contiguous()
 
 
 class FaissKNN:
@@ -225,7 +239,10 @@ class FaissKNN:
             rows = rows.detach().to(self._index_device, torch.float32).contiguous()
             index = self._make_index(rows.shape[1], count)
             if not index.is_trained:
-                index.train(rows)
+                cells = (self.nlist or default_nlist(count)) if "IVF" in self.factory else 256
+                if "PQ" in self.factory:  # 8-bit PQ codebooks: 256 centroids per sub-quantizer
+                    cells = max(cells, 256)
+                index.train(training_sample(rows, cells, seed=region))
             index.add(rows)
             self._set_search_parameters(index)
             self._indexes.append(index)
