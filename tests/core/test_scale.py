@@ -143,3 +143,19 @@ def test_memory_cap_bounds_sizes_and_keeps_greedy_prefix() -> None:
     enlarging = coreset(ratio=0.1, d_th=0.0, memory_cap=15)(x, torch.Generator().manual_seed(1))
     assert enlarging.lengths.tolist() == [30] * 5  # adaptive_factor 2 times the cap
     assert AdaptiveCoreset(ratio=0.1, memory_cap=15).sizes(100) == (10, 20)  # cap not binding
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host storage streamed to a GPU: needs CUDA")
+def test_host_pinned_storage_streams_chunks_to_the_gpu() -> None:  # pragma: no cover - CUDA only
+    x = torch.randn(7, 300, 24, generator=torch.Generator().manual_seed(8))
+    on_gpu = coreset(ratio=0.1, d_th=0.0, threshold_mode="quantile")(x.cuda(), torch.Generator().manual_seed(2))
+    sampler = GreedyKCenter(device_chunk_mb=0.03)  # ~1 region per streamed chunk
+    assert region_chunk(x.half(), torch.device("cuda"), 8.0, 0.03) == 1
+    store = FeatureStore(1, dtype=torch.float16, host=True)
+    store.add(0, x.cuda(), images=1)
+    host = store.take(0)
+    assert host.device.type == "cpu" and host.is_pinned()
+    streamed = AdaptiveCoreset(ratio=0.1, d_th=0.0, threshold_mode="quantile", sampler=sampler,
+                               distance_scale="per_channel")(host, torch.Generator().manual_seed(2), device="cuda")
+    assert streamed.indices.is_cuda
+    assert (streamed.indices == on_gpu.indices).float().mean() > 0.9  # float16 storage: near-ties may differ
