@@ -108,7 +108,7 @@ def test_region_subset_build_equals_full_build_rows(projection_dim) -> None:
     full = c(x, torch.Generator().manual_seed(3))
     assert 0 < int(full.enlarged.sum()) < 9
     regions = torch.tensor([7, 1, 4])
-    part = c(x[regions], torch.Generator().manual_seed(3), regions=regions, num_regions=9)
+    part = c(x[regions], torch.Generator().manual_seed(3), regions=regions, total=9)
     width = int(part.lengths.max())
     assert torch.equal(part.indices, full.indices[regions, :width])
     assert torch.equal(part.lengths, full.lengths[regions])
@@ -118,7 +118,7 @@ def test_region_subset_build_equals_full_build_rows(projection_dim) -> None:
 def test_region_subset_refuses_quantile_without_all_d_max() -> None:
     c = coreset(ratio=0.1, threshold_mode="quantile", d_th=0.5)
     with pytest.raises(ValueError, match="first_pass"):
-        c(torch.randn(2, 50, 4), torch.Generator(), regions=torch.tensor([0, 1]), num_regions=4)
+        c(torch.randn(2, 50, 4), torch.Generator(), regions=torch.tensor([0, 1]), total=4)
 
 
 # ---------------------------------------------------------------- projection, cap

@@ -79,22 +79,25 @@ class CoresetResult:
 
 @dataclass
 class FirstPass:
-    """The first-pass coreset of ``R`` memories (see :meth:`AdaptiveCoreset.first_pass`).
+    """The first greedy pass over ``R`` memories (see :meth:`AdaptiveCoreset.first_pass`).
 
     Attributes:
-        state: the resumable greedy run (``None`` when every candidate is kept).
-        selected: ``[R, k1]`` chosen indices.
-        d_max: ``[R]`` Eq. 1 spread (NaN when not computed).
-        spread: ``[R, k1]`` per-cluster spread, or ``None``.
-        k1, k2: first-pass and enlarged sizes.
+        features: ``[R, N, C]`` the candidates.
+        k1: centres per memory of the first pass.
+        state: the resumable k-center run (None when every vector is kept).
+        d_max: ``[R]`` Eq. 1 spread ``d_imax`` (NaN when not computed).
+        spread: ``[R, k1]`` Eq. 1 per cluster, when asked for.
+        final: nothing can be enlarged (every vector kept, or a plain projected coreset).
+        k2: centres per enlarged memory (after the per-region cap).
     """
 
-    state: KCenterState | None
-    selected: Tensor
-    d_max: Tensor
-    spread: Tensor | None
+    features: Tensor
     k1: int
-    k2: int
+    state: KCenterState | None
+    d_max: Tensor
+    spread: Tensor | None = None
+    final: bool = False
+    k2: int = 0
 
 
 class AdaptiveCoreset:
@@ -166,8 +169,8 @@ class AdaptiveCoreset:
         self,
         features: Tensor,
         generator: torch.Generator,
-        regions: Tensor | None = None,
-        num_regions: int | None = None,
+        regions: slice | Tensor | None = None,
+        total: int | None = None,
         device: torch.device | str | None = None,
     ) -> CoresetResult:
         """Select centres in each memory of ``features [R, N, C]``.
@@ -176,12 +179,10 @@ class AdaptiveCoreset:
             features: the candidates, any dtype and device (float16 on the host is fine:
                 distances are computed in float32 on ``device``, one chunk at a time).
             generator: CPU generator of the random draws.
-            regions: build only these memories of the layer: ``features`` then holds their
-                candidates ``[R', N, C]`` and ``regions [R']`` their indices among the layer's
-                ``num_regions``. The result equals those rows of the full build (the random
-                draws are made for the whole layer). The ``quantile`` threshold needs every
-                region's ``d_max``: use :meth:`first_pass`, gather the ``d_max`` of all
-                regions, then :meth:`finish` with ``enlarge_mask(all_d_max)[regions]``.
+            regions, total: build only the memories ``regions`` (a slice or index tensor) of a
+                layer of ``total``: ``features`` holds their candidates ``[R', N, C]``; the result
+                equals those rows of the whole-layer build. The ``quantile`` rule needs every
+                region's ``d_imax``: use :meth:`first_pass`, :meth:`decide` on all, :meth:`finish`.
             device: where distances are computed (default: the features' device).
 
         Returns:
@@ -189,35 +190,45 @@ class AdaptiveCoreset:
         """
         if regions is not None and self.adaptive and self.threshold_mode == "quantile":
             raise ValueError(
-                "model.threshold_mode=quantile needs every region's d_max: build a subset of regions with "
-                "first_pass(), gather d_max, then finish()"
+                "model.threshold_mode=quantile needs every region's d_max: build a block of regions with "
+                "first_pass(), decide() on the whole layer's d_max, then finish()"
             )
-        first = self.first_pass(features, generator, regions, num_regions, device)
-        enlarged = self.enlarge_mask(first.d_max) if self.adaptive else torch.zeros_like(first.d_max, dtype=torch.bool)
-        return self.finish(first, enlarged)
+        first = self.first_pass(features, generator, regions=regions, total=total, device=device)
+        return self.finish(first, self.decide(first.d_max))
 
+    # The three steps below let the memories of one layer be built in shards (one block of
+    # regions per DDP rank): only the enlargement decision needs every region's ``d_imax``
+    # (the quantile mode ranks them), so ranks exchange ``[R]`` numbers, not features.
     def first_pass(
         self,
         features: Tensor,
         generator: torch.Generator,
-        regions: Tensor | None = None,
-        num_regions: int | None = None,
+        regions: slice | Tensor | None = None,
+        total: int | None = None,
         device: torch.device | str | None = None,
     ) -> FirstPass:
-        """The first-pass coreset of every memory and its ``d_max [R]`` (see :meth:`__call__`)."""
+        """Greedy k-center to ``ceil(ratio·N)`` centres in each memory of ``features [R', N, C]``
+        and the memories' ``d_imax [R']``.
+
+        Args:
+            regions: which regions of the layer ``features`` holds, when it is a block of a
+                layer's ``total`` regions; the generator is then drawn exactly as for the whole
+                layer, so the block's result equals the same rows of a whole-layer build.
+            total: the layer's number of regions (with ``regions``).
+            device: where distances are computed (default: the features' device).
+        """
         r, n, _ = features.shape
         dev = compute_device(features, device)
         k1, k2 = self.sizes(n)
         nan = torch.full((r,), float("nan"), device=dev)
         if k1 == n:
             # Nothing to reduce: keep every vector (ratio 1.0, or tiny memories).
-            full = torch.arange(n, device=dev).expand(r, n).clone()
-            return FirstPass(None, full, nan, None, n, n)
-        state = self.sampler.select(features, k1, generator, regions=regions, num_regions=num_regions, device=dev)
+            return FirstPass(features, k1, None, nan, final=True, k2=k1)
+        state = self.sampler.select(features, k1, generator, regions=regions, total=total, device=dev)
         if not self.adaptive and state.space is not features:
             # Plain coreset on a projection (PatchCore): the statistics would need a full
             # extra assignment pass in feature space, as costly as the selection itself.
-            return FirstPass(state, state.selected, nan, None, k1, k1)
+            return FirstPass(features, k1, state, nan, final=True, k2=k1)
         sq_nearest, assignment = self._true_distances(features, state)
         d_max = cluster_spread(scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale))
         spread = None
@@ -225,18 +236,31 @@ class AdaptiveCoreset:
             far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=dev)
             far_sq.scatter_reduce_(1, assignment, sq_nearest, reduce="amax")
             spread = cluster_spread(scale_sq_distances(far_sq, features, self.distance_scale))
-        return FirstPass(state, state.selected, d_max, spread, k1, k2)
+        return FirstPass(features, k1, state, d_max, spread=spread, k2=k2)
+
+    def decide(self, d_max: Tensor) -> Tensor:
+        """``[R]`` bool: the memories to enlarge, given every region's ``d_imax [R]`` of a layer."""
+        if not self.adaptive or bool(d_max.isnan().all()):
+            return torch.zeros_like(d_max, dtype=torch.bool)
+        return self.enlarge_mask(d_max)
 
     def finish(self, first: FirstPass, enlarged: Tensor) -> CoresetResult:
-        """Enlarge the memories ``enlarged [R]`` (bool) of ``first`` to ``k2`` centres."""
-        r = first.selected.shape[0]
-        dev = first.selected.device
-        k1, k2 = first.k1, first.k2
-        enlarged = enlarged.to(dev) & torch.tensor(k2 > k1, device=dev)
+        """Continue the first pass of the memories ``enlarged [R']`` to ``factor`` times more centres."""
+        features, k1, k2 = first.features, first.k1, first.k2
+        r, n, _ = features.shape
+        device = first.d_max.device
+        enlarged = enlarged.to(device)
+        if first.state is None:
+            full = torch.arange(n, device=device).expand(r, n).clone()
+            return CoresetResult(full, torch.full((r,), n, device=device), first.d_max, torch.zeros_like(enlarged))
+        if first.final:
+            return CoresetResult(
+                first.state.selected, torch.full((r,), k1, device=device), first.d_max, torch.zeros_like(enlarged)
+            )
         lengths = torch.where(enlarged, k2, k1)
-        indices = torch.full((r, int(lengths.max())), -1, dtype=torch.long, device=dev)
-        indices[:, :k1] = first.selected
-        if first.state is not None and enlarged.any():
+        indices = torch.full((r, int(lengths.max()) if r else k1), -1, dtype=torch.long, device=device)
+        indices[:, :k1] = first.state.selected
+        if enlarged.any() and k2 > k1:
             rows = enlarged.nonzero().squeeze(1)
             indices[rows] = self.sampler.extend(first.state, k2, rows=rows).selected
         return CoresetResult(indices, lengths, first.d_max, enlarged, first.spread)

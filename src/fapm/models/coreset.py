@@ -152,19 +152,19 @@ class GreedyKCenter:
         features: Tensor,
         k: int,
         generator: torch.Generator,
-        regions: Tensor | None = None,
-        num_regions: int | None = None,
+        regions: slice | Tensor | None = None,
+        total: int | None = None,
         device: torch.device | str | None = None,
     ) -> KCenterState:
         """Run greedy k-center to ``k`` centres in every memory of ``features [R, N, C]``.
 
         ``generator`` (a CPU generator) draws the projection and the start point of each
-        memory, so a seed fixes the result.
+        memory, so a seed fixes the result. When ``features`` is the block ``regions`` (a
+        slice, or an index tensor) of a layer of ``total`` memories, the draws are those of
+        the whole layer, so each memory's run is the one a whole-layer call gives it
+        (memories never interact).
 
         Args:
-            regions: when ``features`` hold only some memories of a layer (``[R', N, C]``),
-                their indices ``[R']`` among the layer's ``num_regions``: the random draws
-                are made for the whole layer, so the result equals those rows of a full run.
             device: where distances are computed (default: the features' device).
         """
         r, n, _ = features.shape
@@ -172,12 +172,11 @@ class GreedyKCenter:
             raise ValueError(f"k must be in [1, {n}], got {k}")
         dev = compute_device(features, device)
         space = self.project(features, generator, dev)
-        total = r if regions is None else int(num_regions if num_regions is not None else int(regions.max()) + 1)
-        start = torch.randint(n, (total,), generator=generator)
+        start = torch.randint(n, (r if total is None else total,), generator=generator)
         if regions is not None:
-            if len(regions) != r:
-                raise ValueError(f"regions has {len(regions)} indices for {r} memories")
-            start = start[regions.cpu()]
+            start = start[regions.cpu() if isinstance(regions, Tensor) else regions]
+        if start.shape[0] != r:
+            raise ValueError(f"regions {regions} of {total} do not match the {r} memories given")
         return self._run(space, k, start=start.to(dev), device=dev)
 
     def extend(self, state: KCenterState, k: int, rows: Tensor | None = None) -> KCenterState:

@@ -130,6 +130,11 @@ class PatchMemory(nn.Module):
         memory = torch.gather(candidates, 1, safe.unsqueeze(-1).expand(-1, -1, c))
         memory = memory.to(device=device, dtype=torch.float32)
         memory[indices.to(device) < 0] = 0
+        self.store(memory, lengths, d_max, enlarged)
+
+    def store(self, memory: Tensor, lengths: Tensor, d_max: Tensor, enlarged: Tensor) -> None:
+        """Store built memories: ``memory [R, K_max, C]`` (zero padding), ``lengths``, ``d_max``, ``enlarged [R]``."""
+        device = memory.device
         self.memory = memory.contiguous()
         self.lengths = lengths.to(device=device, dtype=torch.long)
         self.d_max = d_max.to(device).float()
