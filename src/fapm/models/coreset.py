@@ -281,10 +281,14 @@ def exact_assignment(
 ) -> tuple[Tensor, Tensor]:
     """Nearest selected centre of every candidate, in the original feature space.
 
+    Computed region by region and ``chunk`` candidates at a time, in float32 on ``device``:
+    the working set is one ``[chunk, K]`` block, whatever the number of regions or the
+    features' storage dtype (and a region's result never depends on the others).
+
     Args:
-        features: ``[R, N, C]`` candidates (any dtype/device; computed in float32 on ``device``).
+        features: ``[R, N, C]`` candidates (any dtype/device).
         selected: ``[R, K]`` indices of the centres.
-        chunk: candidates per region handled at once (bounds the ``[R, chunk, K]`` block).
+        chunk: candidates handled at once.
         device: where to compute (default: ``selected``'s device).
 
     Returns:
@@ -293,16 +297,16 @@ def exact_assignment(
     """
     r, n, c = features.shape
     dev = selected.device if device is None else torch.device(device)
-    index = selected.to(features.device).unsqueeze(-1).expand(-1, -1, c)
-    centres = as_compute(torch.gather(features, 1, index), dev)  # [R, K, C]
-    centre_sq = (centres * centres).sum(-1).unsqueeze(1)  # [R, 1, K]
     nearest = torch.empty(r, n, dtype=torch.float32, device=dev)
     assignment = torch.empty(r, n, dtype=torch.long, device=dev)
-    for lo in range(0, n, chunk):
-        part = as_compute(features[:, lo : lo + chunk], dev)
-        sq = torch.baddbmm(centre_sq, part, centres.transpose(1, 2), alpha=-2)
-        sq.add_((part * part).sum(-1, keepdim=True))
-        torch.min(sq, dim=2, out=(nearest[:, lo : lo + chunk], assignment[:, lo : lo + chunk]))
+    for region in range(r):
+        centres = as_compute(features[region].index_select(0, selected[region].to(features.device)), dev)  # [K, C]
+        centre_sq = (centres * centres).sum(-1).unsqueeze(0)  # [1, K]
+        for lo in range(0, n, chunk):
+            part = as_compute(features[region, lo : lo + chunk], dev)
+            sq = torch.addmm(centre_sq, part, centres.t(), alpha=-2)
+            sq.add_((part * part).sum(-1, keepdim=True))
+            torch.min(sq, dim=1, out=(nearest[region, lo : lo + chunk], assignment[region, lo : lo + chunk]))
     return nearest.clamp_(min=0), assignment
 
 
