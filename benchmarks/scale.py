@@ -326,10 +326,14 @@ def cmd_micro(args: argparse.Namespace) -> None:
             del s, x
         return torch.cat(out)
 
-    rows = []
+    path = RESULTS / args.out
+    rows = json.loads(path.read_text())["rows"] if path.exists() and args.resume else []
+    done = {(r["dims"], r["memory"]) for r in rows}
     for dims in [int(d) for d in args.dims.split(",")]:
         queries = vectors("test", dims, 784).unsqueeze(0)
         for size in [int(float(m)) for m in args.sizes.split(",")]:
+            if (dims, size) in done:
+                continue
             if size * dims > args.max_floats:
                 log(f"skip {size} x {dims} (over --max-floats {args.max_floats:.0e})")
                 continue
@@ -346,9 +350,17 @@ def cmd_micro(args: argparse.Namespace) -> None:
                 search.fit(memory, norms)
                 row[f"{name}_fit_s"] = time.perf_counter() - t
                 search.search(queries[:, :16], 1)
-                row[f"{name}_ms"] = 1000 * time_search(search, queries, 1, 3 if size <= 100_000 else 1)
+                row[f"{name}_ms"] = 1000 * time_search(search, queries, 1, 3 if size <= 10_000 else 1)
                 found[name] = search.search(queries, 1)[1]
             row["ivf_recall_at_1"] = float((found["faiss_ivf"] == found["torch"]).float().mean())
+            ivf = search
+            for nprobe in [int(x) for x in args.nprobe_sweep.split(",") if x]:
+                ivf.nprobe = nprobe
+                for index in ivf._indexes:
+                    ivf._set_search_parameters(index)
+                ms = 1000 * time_search(ivf, queries, 1, 1)
+                recall = float((ivf.search(queries, 1)[1] == found["torch"]).float().mean())
+                row.setdefault("nprobe_sweep", []).append({"nprobe": nprobe, "ms": ms, "recall_at_1": recall})
             row["flat_equal"] = bool(torch.equal(found["faiss_flat"], found["torch"]))
             rows.append(row)
             log(json.dumps(row))
@@ -487,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--nprobe", type=int, default=16)
     m.add_argument("--out", default="scale_micro.json")
+    m.add_argument("--resume", action="store_true")
+    m.add_argument("--nprobe-sweep", default="", help="also time the IVF index at these nprobe values")
     r = sub.add_parser("real")
     r.add_argument("--shared", default=os.environ.get("FAPM_SHARED", str(ROOT.parent.parent / "shared")))
     r.add_argument("--options", default="fapm_exact,fapm_scalable,fapm_scalable_cap400,fapm_fp16")
