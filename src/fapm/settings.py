@@ -325,7 +325,7 @@ class SearchSettings(Settings):
     pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
     use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
     temp_memory_mb: int | None = setting(None, ge=0, doc="scratch MiB of the process's FAISS GPU resources")
-    auto_min_vectors: int = setting(100_000, ge=1, doc="auto: FAISS from this many vectors per memory (CPU)")
+    auto_min_vectors: int = setting(10_000, ge=1, doc="auto: FAISS from this many vectors per memory (CPU)")
     auto_min_vectors_cuda: int = setting(1_000_000, ge=1, doc="auto: the same rule on CUDA")
 
 
