@@ -59,6 +59,10 @@ class MemoryDetector(nn.Module):
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
         seed: seed of the coreset's random choices.
+        feature_dtype: storage dtype of the collected training features (``None`` = as
+            extracted; float16/bfloat16 halve the fit's memory, distances stay float32).
+        feature_host: keep the collected features in (pinned) host memory; the coreset
+            streams chunks of regions to the device the backbone runs on.
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class MemoryDetector(nn.Module):
         blur_sigma: float = 4.0,
         neighbourhood: int = 0,
         seed: int = 0,
+        feature_dtype: torch.dtype | None = None,
+        feature_host: bool = False,
     ) -> None:
         super().__init__()
         if k < 1:
@@ -100,7 +106,7 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self.features = FeatureStore(n_streams)
+        self.features = FeatureStore(n_streams, dtype=feature_dtype, host=feature_host)
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
@@ -183,6 +189,7 @@ class MemoryDetector(nn.Module):
         if self.features.empty:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
         report = BuildReport(stream_names=list(self.stream_names))
         streams: Iterable[int] = range(len(self.memories))
         if progress is not None:
@@ -193,8 +200,8 @@ class MemoryDetector(nn.Module):
             if world()[1] == 1:
                 candidates = self.features.take(i)
                 report.candidates.append(candidates.shape[1])
-                result = self.coreset(candidates, generator)
-                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
+                result = self.coreset(candidates, generator, device=device)
+                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged, device=device)
                 del candidates
             else:
                 self._build_sharded(memory, self.features.take(i), generator, report)
@@ -233,12 +240,15 @@ class MemoryDetector(nn.Module):
         assert mine is not None
         lo, hi = shard_bounds(regions, rank, size)
         report.candidates.append(mine.shape[1])
-        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions)
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
+        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions, device=device)
         enlarged = self.coreset.decide(all_gather_rows(first.d_max))
         result = self.coreset.finish(first, enlarged[lo:hi])
         c = mine.shape[-1]
-        vectors = torch.gather(mine, 1, result.indices.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
-        vectors[result.indices < 0] = 0
+        index = result.indices.to(mine.device)
+        vectors = torch.gather(mine, 1, index.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
+        vectors = vectors.to(device=device, dtype=torch.float32)  # features may be stored narrower / on the host
+        vectors[index.to(device) < 0] = 0
         del mine, first
         # pad every block to the layer's longest memory, then concatenate the blocks in rank order
         longest = max(all_gather_sizes(vectors.shape[1]))
