@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -314,11 +315,32 @@ class BackboneSettings(Settings):
 
 
 # ------------------------------------------------------------------------------------ models
+_FACTORY = re.compile(r"^(Flat|HNSW\d+(,Flat)?|IVF(\{nlist\}|\d+),(Flat|PQ(\{pq_m\}|\d+)))$")
+
+
+def _factory_check(value: str) -> str | None:
+    if _FACTORY.match(value):
+        return None
+    return (
+        f"must be a FAISS factory string of the form Flat, IVF{{nlist}},Flat, IVF{{nlist}},PQ{{pq_m}} or HNSW<links> "
+        f"({{nlist}}/{{pq_m}} are filled from model.search.nlist/pq_m, or give numbers), got {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class SearchSettings(Settings):
-    """``model.search``: the per-region k-NN backend."""
+    """``model.search``: the per-region k-NN backend (configs in ``conf/model/search/``)."""
 
-    backend: Literal["torch", "faiss"] = "torch"
+    backend: Literal["torch", "faiss", "auto"] = setting("torch", doc="torch (exact), faiss, or auto by memory size")
+    factory: str = setting("Flat", check=_factory_check, doc="FAISS index factory string")
+    nlist: int | None = setting(None, ge=1, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
+    nprobe: int = setting(16, ge=1, doc="IVF cells visited per query")
+    ef_search: int = setting(64, ge=1, doc="HNSW candidate list size at query time")
+    pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
+    use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
+    temp_memory_mb: int | None = setting(None, ge=0, doc="scratch MiB of the process's FAISS GPU resources")
+    auto_min_vectors: int = setting(10_000, ge=1, doc="auto: FAISS from this many vectors per memory (CPU)")
+    auto_min_vectors_cuda: int = setting(1_000_000, ge=1, doc="auto: the same rule on CUDA")
 
 
 def _grid_check(value: tuple[int, int]) -> str | None:
@@ -351,6 +373,19 @@ class MemorySettings(Settings):
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")
     coreset_chunk_mb: float = setting(8.0, ge=0.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
+    # --- bounded fit memory (docs/readme/scale.md)
+    feature_dtype: Literal["float32", "float16", "bfloat16"] = setting(
+        "float32", doc="dtype the collected training features are stored in (distances are computed in float32)"
+    )
+    feature_storage: Literal["device", "host"] = setting(
+        "device", doc="where collected features live: the trainer's device, or host memory (pinned under CUDA)"
+    )
+    coreset_device_chunk_mb: float = setting(
+        0.0, ge=0.0, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
+    )
+    memory_cap: int | None = setting(
+        None, ge=1, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
+    )
     timing_warmup: int = setting(2, ge=0, doc="test batches not counted in the latency")
 
     def streams(self, backbone: BackboneSettings) -> int:

@@ -203,7 +203,9 @@ def test_softmax_score_with_one_neighbour_falls_back_to_max_and_warns(extractor,
     fused = torch.rand(3, 1, 4, 4) + 1.0
     assert torch.equal(SoftmaxWeightedScore()(ScoreContext(fused)), MaxScore()(ScoreContext(fused)))
     # a fitted detector: one training image, 7x7 regions of a 112-px input (layer3 is 7x7): one vector per region
-    det = MemoryDetector(extractor, grid=(7, 7), coreset=AdaptiveCoreset(0.1, adaptive=False), k=4)
+    det = MemoryDetector(
+        extractor, grid=(7, 7), coreset=AdaptiveCoreset(0.1, adaptive=False), k=4, image_score=SoftmaxWeightedScore()
+    )
     det.collect(images[:1])
     with pytest.warns(UserWarning, match="effective k is 1.*falls back to the max score"):
         det.build()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from fapm.distributed import all_gather_rows
+from fapm.distributed import all_gather_rows, all_gather_sizes, gather_to_owner, shard_bounds, world
 from fapm.models.adaptive import AdaptiveCoreset
 from fapm.models.build_report import BuildReport
 from fapm.models.feature_store import FeatureStore
@@ -60,6 +60,10 @@ class MemoryDetector(nn.Module):
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
         seed: seed of the coreset's random choices.
+        feature_dtype: storage dtype of the collected training features (``None`` = as
+            extracted; float16/bfloat16 halve the fit's memory, distances stay float32).
+        feature_host: keep the collected features in (pinned) host memory; the coreset
+            streams chunks of regions to the device the backbone runs on.
     """
 
     def __init__(
@@ -76,6 +80,8 @@ class MemoryDetector(nn.Module):
         blur_sigma: float = 4.0,
         neighbourhood: int = 0,
         seed: int = 0,
+        feature_dtype: torch.dtype | None = None,
+        feature_host: bool = False,
     ) -> None:
         super().__init__()
         if k < 1:
@@ -101,7 +107,7 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self.features = FeatureStore(n_streams)
+        self.features = FeatureStore(n_streams, dtype=feature_dtype, host=feature_host)
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
@@ -184,6 +190,7 @@ class MemoryDetector(nn.Module):
         if self.features.empty:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
         report = BuildReport(stream_names=list(self.stream_names))
         streams: Iterable[int] = range(len(self.memories))
         if progress is not None:
@@ -191,19 +198,20 @@ class MemoryDetector(nn.Module):
         for i in streams:
             memory = self.memories[i]
             start = time.perf_counter()
-            # Under DDP every rank extracted a contiguous shard of the training images: in rank
-            # order they are the training set, so the memory equals a single process's.
-            candidates = all_gather_rows(self.features.take(i), dim=1)
-            report.candidates.append(candidates.shape[1])
-            result = self.coreset(candidates, generator)
-            memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
-            del candidates
+            if world()[1] == 1:
+                candidates = self.features.take(i)
+                report.candidates.append(candidates.shape[1])
+                result = self.coreset(candidates, generator, device=device)
+                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged, device=device)
+                del candidates
+            else:
+                self._build_sharded(memory, self.features.take(i), generator, report)
             if memory.memory.is_cuda:
                 torch.cuda.synchronize(memory.memory.device)
             report.seconds.append(time.perf_counter() - start)
             report.sizes.append(memory.sizes())
-            report.d_max.append([float(v) for v in result.d_max.tolist()])
-            report.enlarged.append(int(result.enlarged.sum()))
+            report.d_max.append([float(v) for v in memory.d_max.tolist()])
+            report.enlarged.append(int(memory.enlarged.sum()))
         self.last_build = report
         self._search_key = None
         self._warn_small_k()
@@ -220,6 +228,50 @@ class MemoryDetector(nn.Module):
                 "a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
                 stacklevel=3,
             )
+
+    def _build_sharded(
+        self, memory: PatchMemory, local: Tensor, generator: torch.Generator, report: BuildReport
+    ) -> None:
+        """One layer's memories built across DDP ranks: rank ``r`` builds the ``r``-th block of regions.
+
+        Every rank extracted a contiguous shard of the training images (``local [R, n_r, C]``);
+        in rank order the shards are the training set. Each block of regions is gathered, from
+        every rank, on its owner only; the owners run the first k-center pass on their blocks,
+        exchange ``d_imax`` (``[R]`` numbers: the quantile rule ranks a whole layer), enlarge
+        their own regions, and the built memories are gathered on every rank. The generator is
+        drawn as for the whole layer, so the memory is the single-process one, bit for bit on
+        the CPU. PatchCore's single global memory (one region) is built by rank 0 alone.
+        """
+        rank, size = world()
+        regions = local.shape[0]
+        mine: Tensor | None = None
+        for owner in range(size):
+            lo, hi = shard_bounds(regions, owner, size)
+            block = gather_to_owner(local[lo:hi], owner, dim=1)
+            if owner == rank:
+                mine = block
+        del local
+        assert mine is not None
+        lo, hi = shard_bounds(regions, rank, size)
+        report.candidates.append(mine.shape[1])
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
+        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions, device=device)
+        radii = None if first.sq_radius is None else all_gather_rows(first.sq_radius)
+        enlarged = self.coreset.decide(all_gather_rows(first.d_max), radii)
+        result = self.coreset.finish(first, enlarged[lo:hi])
+        c = mine.shape[-1]
+        index = result.indices.to(mine.device)
+        vectors = torch.gather(mine, 1, index.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
+        vectors = vectors.to(device=device, dtype=torch.float32)  # features may be stored narrower / on the host
+        vectors[index.to(device) < 0] = 0
+        del mine, first
+        # pad every block to the layer's longest memory, then concatenate the blocks in rank order
+        longest = max(all_gather_sizes(vectors.shape[1]))
+        vectors = torch.nn.functional.pad(vectors, (0, 0, 0, longest - vectors.shape[1]))
+        memory.store(
+            all_gather_rows(vectors), all_gather_rows(result.lengths.to(torch.long)),
+            all_gather_rows(result.d_max.float()), enlarged,
+        )
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:
