@@ -393,3 +393,37 @@ def test_fuzzed_files_give_one_clear_error_and_no_side_effect(fitted, tmp_path: 
     assert set(os.listdir(tmp_path)) == before and sorted(os.listdir(work)) == sorted(
         f"m{i}.safetensors" for i in range(150)
     )
+
+
+def test_packaged_weights_round_trip(tmp_path: Path, monkeypatch) -> None:
+    """backbone.weights=imagenet:<package>: recorded as such and rebuilt from the package on load (not
+    from a download, not random: a changed package changes the scores)."""
+    import timm
+
+    from fapm.models import offline_weights
+
+    torch.manual_seed(4)
+    state = timm.create_model("tf_efficientnet_lite0").state_dict()
+    package = tmp_path / "package.pth"
+    torch.save({f"_t{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(state.items())}, package)
+    monkeypatch.setitem(offline_weights.OFFLINE_SOURCES, "fake-package", lambda: package)
+    model = MemorySettings(grid=(2, 2))
+    backbone = BackboneSettings(name="tf_efficientnet_lite0", library="timm", layers=("blocks.2", "blocks.4"),
+                                pretrained="false", weights="imagenet:fake-package")
+    detector = build_memory_detector(model, backbone, seed=0)
+    g = torch.Generator().manual_seed(0)
+    detector.collect(torch.randn(4, 3, SIDE, SIDE, generator=g))
+    detector.build()
+    assert detector.facts()["weights"] == "imagenet:fake-package"
+    path = tmp_path / "model.safetensors"
+    save_model(path, detector, model, backbone, PREPROCESS, facts=detector.facts())
+    loaded, file = load_detector(path)
+    assert not file.backbone_included and file.facts["weights"] == "imagenet:fake-package"
+    images = torch.randn(2, 3, SIDE, SIDE, generator=g)
+    with torch.no_grad():
+        assert torch.equal(loaded(images).image_scores, detector.eval()(images).image_scores)
+    # the weights really come from the package at load time
+    torch.save({f"_t{i}.{k.rsplit('.', 1)[-1]}": v * 1.5 for i, (k, v) in enumerate(state.items())}, package)
+    other, _ = load_detector(path)
+    with torch.no_grad():
+        assert not torch.equal(other(images).image_scores, detector(images).image_scores)
