@@ -363,7 +363,9 @@ class MemorySettings(Settings):
     d_th: float = setting(0.5, ge=0.0, le=1.0, doc="D_th on d_imax, or the quantile in quantile mode")
     adaptive_factor: float = setting(2.0, ge=1.0)
     distance_scale: Literal["raw", "per_channel", "relative"] = "raw"
-    threshold_mode: Literal["absolute", "quantile"] = "absolute"
+    # quantile: the widest 1 − d_th share of each layer's regions is enlarged on any feature scale
+    # (absolute compares a saturated Eq. 1 with d_th: all or none; docs/readme/accuracy.md)
+    threshold_mode: Literal["absolute", "quantile"] = "quantile"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
     search: SearchSettings = SearchSettings()
