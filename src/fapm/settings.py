@@ -320,7 +320,7 @@ class SearchSettings(Settings):
     backend: Literal["torch", "faiss", "auto"] = setting("torch", doc="torch (exact), faiss, or auto by memory size")
     factory: str = setting("Flat", check=_factory_check, doc="FAISS index factory string")
     nlist: int | None = setting(None, ge=1, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
-    nprobe: int = setting(16, ge=1, doc="IVF cells visited per query")
+    nprobe: int = setting(8, ge=1, doc="IVF cells visited per query")
     ef_search: int = setting(64, ge=1, doc="HNSW candidate list size at query time")
     pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
     use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
