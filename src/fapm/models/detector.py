@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -31,7 +32,7 @@ from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
 from fapm.models.knn import KNNSearch, TorchKNN, exact_distances
 from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
-from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
+from fapm.models.scoring import ImageScore, MaxScore, ScoreContext, anomaly_map, fuse_streams
 from fapm.models.streams import FeatureStreams, SeparateLayers
 from fapm.models.support import StreamSearch, support_distances
 from fapm.types import AnomalyOutput
@@ -54,7 +55,7 @@ class MemoryDetector(nn.Module):
         search: factory returning a fresh :class:`KNNSearch` (one per stream).
         k: neighbours per test vector.
         layer_weights: fusion weight per stream (default 1 each).
-        image_score: image-score strategy.
+        image_score: image-score strategy (default: the max score, as model.image_score).
         map_upsample: ``bilinear`` or ``nearest`` resize of the patch map to the input.
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
@@ -99,7 +100,7 @@ class MemoryDetector(nn.Module):
         self.layer_weights = list(layer_weights) if layer_weights is not None else [1.0] * n_streams
         if len(self.layer_weights) != n_streams:
             raise ValueError(f"model.layer_weights needs {n_streams} values (one per stream), got {self.layer_weights}")
-        self.image_score = image_score or SoftmaxWeightedScore()
+        self.image_score = image_score or MaxScore()
         self.map_upsample = map_upsample
         self.blur_sigma = float(blur_sigma)
         self.neighbourhood = int(neighbourhood)
@@ -213,6 +214,7 @@ class MemoryDetector(nn.Module):
             report.enlarged.append(int(memory.enlarged.sum()))
         self.last_build = report
         self._search_key = None
+        self._warn_small_k()
         return report
 
     def _build_sharded(
@@ -242,7 +244,8 @@ class MemoryDetector(nn.Module):
         report.candidates.append(mine.shape[1])
         device = next(self.extractor.parameters()).device  # distances run where the backbone runs
         first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions, device=device)
-        enlarged = self.coreset.decide(all_gather_rows(first.d_max))
+        sq_radius = None if first.sq_radius is None else all_gather_rows(first.sq_radius.float())
+        enlarged = self.coreset.decide(all_gather_rows(first.d_max), sq_radius)
         result = self.coreset.finish(first, enlarged[lo:hi])
         c = mine.shape[-1]
         index = result.indices.to(mine.device)
@@ -257,6 +260,18 @@ class MemoryDetector(nn.Module):
             all_gather_rows(vectors), all_gather_rows(result.lengths.to(torch.long)),
             all_gather_rows(result.d_max.float()), enlarged,
         )
+
+    def _warn_small_k(self) -> None:
+        """Say so when the image score cannot work as configured with the memory built."""
+        needed = int(getattr(self.image_score, "min_k", 1))
+        k_eff = self.effective_k()
+        if k_eff < needed:
+            warnings.warn(
+                f"image score {type(self.image_score).__name__} needs k >= {needed} neighbours but the effective k is "
+                f"{k_eff} (model.k={self.k}, smallest region memory {k_eff} vectors: too few training images or "
+                "a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
+                stacklevel=3,
+            )
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:
