@@ -91,6 +91,7 @@ def build_memory_detector(
         map_upsample=model.map_upsample,
         blur_sigma=model.blur_sigma,
         neighbourhood=model.neighbourhood,
+        neighbourhood_border=model.neighbourhood_border,
         seed=seed,
     )
 

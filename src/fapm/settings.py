@@ -330,6 +330,7 @@ class MemorySettings(Settings):
     threshold_mode: Literal["absolute", "quantile"] = "absolute"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
+    neighbourhood_border: Literal["clip", "shift"] = "clip"
     search: SearchSettings = SearchSettings()
     image_score: Literal["softmax", "max", "patchcore"] = "softmax"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")

@@ -79,6 +79,24 @@ def test_saved_model_scores_like_the_fitted_one(fitted, images: torch.Tensor) ->
         assert torch.equal(m1.memory, m2.memory) and torch.equal(m1.lengths, m2.lengths)
 
 
+def test_neighbourhood_settings_round_trip(fitted, tmp_path: Path, images: torch.Tensor) -> None:
+    """Radius and border are stored with the model; the memory is stored once whatever the radius."""
+    detector, path = fitted
+    model = MemorySettings(grid=(2, 2), image_score="max", neighbourhood=2, neighbourhood_border="shift")
+    backbone = BackboneSettings(name="resnet18", pretrained="false", seed=0)
+    target = save_model(tmp_path / "nbhd.safetensors", detector, model, backbone, PREPROCESS, facts=detector.facts())
+    loaded, file = load_detector(target)
+    assert file.model.neighbourhood == 2 and file.model.neighbourhood_border == "shift"
+    assert loaded.neighbourhood == 2 and loaded.neighbourhood_border == "shift"
+    assert _read_raw(target)[1].keys() == _read_raw(path)[1].keys()
+    detector.neighbourhood, detector.neighbourhood_border = 2, "shift"
+    try:
+        with torch.no_grad():
+            assert torch.equal(detector(images).image_scores, loaded(images).image_scores)
+    finally:
+        detector.neighbourhood, detector.neighbourhood_border = 0, "clip"
+
+
 def test_file_is_a_plain_safetensors_file(fitted) -> None:
     _, path = fitted
     header, tensors = _read_raw(path)
@@ -204,6 +222,8 @@ def test_crafted_file_is_refused_by_predict_and_eval(fitted, tmp_path: Path) -> 
         (lambda h: h["model"].update(foo=1), r"model\.foo: unknown key"),
         (lambda h: h["model"].update(k="four"), r"model\.k: expected an integer"),
         (lambda h: h["model"].update(family="pickle"), r"model\.family: must be one of"),
+        (lambda h: h["model"].update(neighbourhood=-1), r"model\.neighbourhood: must be >= 0"),
+        (lambda h: h["model"].update(neighbourhood_border="wrap"), r"model\.neighbourhood_border: must be one of"),
         (lambda h: h["backbone"].update(pool_size=0), r"backbone\.pool_size: must be >= 1"),
         (lambda h: h.update(extra={"a": 1}), r"unknown header entries \['extra'\]"),
         (lambda h: h.update(thresholds=[1, 2]), "'thresholds' entry is not a mapping"),

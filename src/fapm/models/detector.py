@@ -30,6 +30,7 @@ from fapm.models.build_report import BuildReport
 from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
 from fapm.models.knn import KNNSearch, TorchKNN, exact_distances
+from fapm.models.neighbourhood import BORDERS, NeighbourhoodPlan, exact_distances_at, neighbourhood_search
 from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
 from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
 from fapm.models.streams import FeatureStreams, SeparateLayers
@@ -57,7 +58,11 @@ class MemoryDetector(nn.Module):
         image_score: image-score strategy.
         map_upsample: ``bilinear`` or ``nearest`` resize of the patch map to the input.
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
-        neighbourhood: 0 = search region ``i`` only (the paper); 1 = also its 8 neighbours.
+        neighbourhood: radius in regions: 0 = search region ``i`` only (the paper); ``r`` = the
+            memories of the ``(2r+1)²`` window around it, searched in place
+            (:mod:`fapm.models.neighbourhood`).
+        neighbourhood_border: ``clip`` (the window is cut by the grid) or ``shift`` (moved
+            inward: every region searches the same number of memories).
         seed: seed of the coreset's random choices.
     """
 
@@ -74,6 +79,7 @@ class MemoryDetector(nn.Module):
         map_upsample: str = "bilinear",
         blur_sigma: float = 4.0,
         neighbourhood: int = 0,
+        neighbourhood_border: str = "clip",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -81,6 +87,8 @@ class MemoryDetector(nn.Module):
             raise ValueError(f"model.k must be >= 1, got {k}")
         if neighbourhood < 0:
             raise ValueError(f"model.neighbourhood must be >= 0, got {neighbourhood}")
+        if neighbourhood_border not in BORDERS:
+            raise ValueError(f"model.neighbourhood_border must be one of {BORDERS}, got {neighbourhood_border!r}")
         if map_upsample not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"model.map_upsample must be bilinear, nearest or bicubic, got {map_upsample!r}")
         self.extractor = extractor
@@ -97,6 +105,9 @@ class MemoryDetector(nn.Module):
         self.map_upsample = map_upsample
         self.blur_sigma = float(blur_sigma)
         self.neighbourhood = int(neighbourhood)
+        self.neighbourhood_border = neighbourhood_border
+        self._plan: NeighbourhoodPlan | None = None
+        self._plan_key: tuple | None = None
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
@@ -211,18 +222,30 @@ class MemoryDetector(nn.Module):
     def _ensure_search(self) -> None:
         if not self.fitted:
             raise NotFittedError("the memory is empty: fit the detector or load a model file first")
-        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.neighbourhood, self.k)
-        if key == self._search_key:
-            return
-        self._searches = []
-        for memory in self.memories:
-            search = self.search_factory()
-            search.fit(*memory.searchable(self.neighbourhood))
-            self._searches.append(search)
-        # read once here: a host read per call would synchronise a GPU on every batch
-        self._k_eff = self.effective_k()
-        self._k_max = min(int(m.lengths.min()) for m in self.memories)
-        self._search_key = key
+        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.k,)
+        if key != self._search_key:
+            # every search is fitted on the memory as stored, whatever the neighbourhood
+            self._searches = []
+            for memory in self.memories:
+                search = self.search_factory()
+                search.fit(*memory.searchable())
+                self._searches.append(search)
+            # read once here: a host read per call would synchronise a GPU on every batch
+            self._k_eff = self.effective_k()
+            self._k_max = min(int(m.lengths.min()) for m in self.memories)
+            self._search_key = key
+        self.neighbourhood_plan()
+
+    def neighbourhood_plan(self) -> NeighbourhoodPlan | None:
+        """The window tables of the current ``neighbourhood`` / border on the memory's device (None at 0)."""
+        if self.neighbourhood == 0:
+            return None
+        device = self.memories[0].memory.device
+        key = (self.neighbourhood, self.neighbourhood_border, self.grid, str(device))
+        if key != self._plan_key:
+            self._plan = NeighbourhoodPlan.build(self.grid, self.neighbourhood, self.neighbourhood_border, device)
+            self._plan_key = key
+        return self._plan
 
     def extract(self, images: Tensor) -> list[Tensor]:
         """``images [B, 3, H, W]`` → streams ``[B, C_s, H_s, W_s]``."""
@@ -232,11 +255,19 @@ class MemoryDetector(nn.Module):
         """Per-region k-NN of every stream's vectors in its region's memory."""
         self._ensure_search()
         k = self._k_eff if k is None else k
+        plan = self.neighbourhood_plan()
         out = []
         for stream, search, memory in zip(streams, self._searches, self.memories):
             queries = split_regions(stream, self.grid)
-            _, idx = search.search(queries, k)
-            dist, idx = exact_distances(queries, memory.searchable(self.neighbourhood)[0], idx)
+            vectors = memory.searchable()[0]
+            if plan is None:
+                _, idx = search.search(queries, k)
+                dist, idx = exact_distances(queries, vectors, idx)
+            else:
+                rows = vectors.shape[1]
+                _, idx = neighbourhood_search(search, queries, k, plan, rows)
+                flat = vectors.reshape(-1, vectors.shape[-1])
+                dist, idx = exact_distances_at(queries, flat, plan.rows(idx, rows), idx)
             out.append(StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1])))
         return out
 
@@ -255,10 +286,12 @@ class MemoryDetector(nn.Module):
 
     def _support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
         """PatchCore's support-set distances ``[B, n]`` at ``pos`` (see :mod:`fapm.models.support`)."""
-        searchables = [m.searchable(self.neighbourhood) for m in self.memories]
+        searchables = [m.searchable() for m in self.memories]
         n = min(n, self._k_max)
+        plan = self.neighbourhood_plan()
         return support_distances(
-            results, searchables, self.layer_weights, self.grid, tuple(fused.shape[-2:]), pos, n
+            results, searchables, self.layer_weights, self.grid, tuple(fused.shape[-2:]), pos, n,
+            table=None if plan is None else plan.table,
         )
 
     def forward(self, images: Tensor) -> AnomalyOutput:
