@@ -64,6 +64,7 @@ def build_memory_detector(
         extractor: an already built backbone to reuse.
     """
     from fapm.models.adaptive import AdaptiveCoreset
+    from fapm.models.alignment import Aligner
     from fapm.models.coreset import GreedyKCenter
     from fapm.models.detector import MemoryDetector
     from fapm.models.knn import search_factory
@@ -93,6 +94,9 @@ def build_memory_detector(
         neighbourhood=model.neighbourhood,
         neighbourhood_border=model.neighbourhood_border,
         seed=seed,
+        aligner=None if model.align == "none" else Aligner(
+            model.align, model.align_resolution, model.align_min_confidence, model.align_fallback_neighbourhood
+        ),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from fapm.distributed import all_gather_rows
 from fapm.models.adaptive import AdaptiveCoreset
+from fapm.models.alignment import CHOICES, Aligner, AlignmentProbe, decide, invert_theta, warp
 from fapm.models.build_report import BuildReport
 from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
@@ -64,6 +66,10 @@ class MemoryDetector(nn.Module):
         neighbourhood_border: ``clip`` (the window is cut by the grid) or ``shift`` (moved
             inward: every region searches the same number of memories).
         seed: seed of the coreset's random choices.
+        aligner: optional test-time alignment (``model.align``, :mod:`fapm.models.alignment`):
+            images are registered to the training images' reference and warped before the
+            search, their maps warped back; unconfident ones fall back to the neighbourhood
+            search (counted in :attr:`Aligner.counts`, warned). Eager only (host reads).
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class MemoryDetector(nn.Module):
         neighbourhood: int = 0,
         neighbourhood_border: str = "clip",
         seed: int = 0,
+        aligner: Aligner | None = None,
     ) -> None:
         super().__init__()
         if k < 1:
@@ -106,8 +113,10 @@ class MemoryDetector(nn.Module):
         self.blur_sigma = float(blur_sigma)
         self.neighbourhood = int(neighbourhood)
         self.neighbourhood_border = neighbourhood_border
-        self._plan: NeighbourhoodPlan | None = None
-        self._plan_key: tuple | None = None
+        self._plans: dict[tuple, NeighbourhoodPlan] = {}
+        self.aligner = aligner
+        # fit-time thumbnails: the alignment reference and how aligned the training images are
+        self.probe = AlignmentProbe(aligner.resolution, fixed=True) if aligner is not None else AlignmentProbe(128)
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
@@ -150,6 +159,10 @@ class MemoryDetector(nn.Module):
             facts["d_max"] = {
                 n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in zip(self.stream_names, self.memories)
             }
+        if self.last_build is not None and self.last_build.alignment:
+            facts["alignment"] = dict(self.last_build.alignment)
+        if self.aligner is not None:
+            facts["align"] = {"mode": self.aligner.mode, "choice": self.aligner.resolved, **self.aligner.counts}
         return facts
 
     def memory_bytes(self) -> int:
@@ -164,6 +177,8 @@ class MemoryDetector(nn.Module):
             streams = self.streams(self.extractor(torch.zeros(1, 3, *size, device=device)))
         for name, s in zip(self.stream_names, streams):
             check_grid(s.shape[-2], s.shape[-1], self.grid, what=f"feature map of stream {name!r}")
+        if self.aligner is not None:
+            self.aligner.check_input_size(size)
 
     def reset_fit(self, expected_images: int | None = None) -> None:
         """Forget collected features (start of a fit epoch); see :class:`FeatureStore`.
@@ -172,11 +187,15 @@ class MemoryDetector(nn.Module):
         preallocated buffer per stream instead of per-batch pieces).
         """
         self.features.reset(expected_images)
+        self.probe.reset()
 
     @torch.no_grad()
     def collect(self, images: Tensor) -> None:
         """Extract features of normal ``images [B, 3, H, W]`` and keep them for :meth:`build`."""
+        if self.aligner is not None and self.probe.empty:
+            self.aligner.check_input_size(tuple(images.shape[-2:]))
         self.add_features(self.streams(self.extractor(images)))
+        self.probe.add(images)
 
     def add_features(self, streams: Sequence[Tensor]) -> None:
         """Keep stream features ``[B, C_s, H_s, W_s]`` for :meth:`build`."""
@@ -214,9 +233,31 @@ class MemoryDetector(nn.Module):
             report.sizes.append(memory.sizes())
             report.d_max.append([float(v) for v in result.d_max.tolist()])
             report.enlarged.append(int(result.enlarged.sum()))
+        if not self.probe.empty:
+            report.alignment = self._build_alignment()
         self.last_build = report
         self._search_key = None
         return report
+
+    def _build_alignment(self) -> dict[str, Any]:
+        """The reference, the training images' registration spread and the (auto) choice."""
+        reference = self.probe.reference()
+        aligner = self.aligner
+        threshold = aligner.min_confidence if aligner is not None else 10.0
+        summary = self.probe.measure(reference, threshold)
+        size = self.probe.input_size or (1, 1)
+        region_px = min(size[0] / self.grid[0], size[1] / self.grid[1])
+        mode = aligner.mode if aligner is not None else "auto"
+        choice, radius, reason = decide(summary, mode, threshold, region_px)
+        summary.update(region_px=round(region_px, 1), recommendation=choice, reason=reason)
+        if aligner is not None:
+            aligner.reference.copy_(reference.to(aligner.reference))
+            aligner.choice.fill_(CHOICES.index(choice))
+            aligner.radius.fill_(radius if choice == "neighbourhood" else aligner.fallback_radius)
+            summary["mode"] = aligner.mode
+            summary["choice"] = choice
+        log.info("alignment of the training images: %s", summary)
+        return summary
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:
@@ -236,26 +277,27 @@ class MemoryDetector(nn.Module):
             self._search_key = key
         self.neighbourhood_plan()
 
-    def neighbourhood_plan(self) -> NeighbourhoodPlan | None:
-        """The window tables of the current ``neighbourhood`` / border on the memory's device (None at 0)."""
-        if self.neighbourhood == 0:
+    def neighbourhood_plan(self, radius: int | None = None) -> NeighbourhoodPlan | None:
+        """The window tables of ``radius`` (default ``neighbourhood``) on the memory's device (None at 0)."""
+        radius = self.neighbourhood if radius is None else radius
+        if radius == 0:
             return None
         device = self.memories[0].memory.device
-        key = (self.neighbourhood, self.neighbourhood_border, self.grid, str(device))
-        if key != self._plan_key:
-            self._plan = NeighbourhoodPlan.build(self.grid, self.neighbourhood, self.neighbourhood_border, device)
-            self._plan_key = key
-        return self._plan
+        key = (radius, self.neighbourhood_border, self.grid, str(device))
+        if key not in self._plans:
+            self._plans[key] = NeighbourhoodPlan.build(self.grid, radius, self.neighbourhood_border, device)
+        return self._plans[key]
 
     def extract(self, images: Tensor) -> list[Tensor]:
         """``images [B, 3, H, W]`` → streams ``[B, C_s, H_s, W_s]``."""
         return self.streams(self.extractor(images))
 
-    def nearest(self, streams: Sequence[Tensor], k: int | None = None) -> list[StreamSearch]:
-        """Per-region k-NN of every stream's vectors in its region's memory."""
+    def nearest(self, streams: Sequence[Tensor], k: int | None = None, radius: int | None = None) -> list[StreamSearch]:
+        """Per-region k-NN of every stream's vectors in its region's memory (its window's at ``radius``,
+        default ``neighbourhood``)."""
         self._ensure_search()
         k = self._k_eff if k is None else k
-        plan = self.neighbourhood_plan()
+        plan = self.neighbourhood_plan(radius)
         out = []
         for stream, search, memory in zip(streams, self._searches, self.memories):
             queries = split_regions(stream, self.grid)
@@ -280,22 +322,74 @@ class MemoryDetector(nn.Module):
         """Fused distances ``[B, k, H, W]`` → anomaly map ``[B, *size]``."""
         return anomaly_map(fused[:, 0], size, self.blur_sigma, self.map_upsample)
 
-    def score(self, fused: Tensor, results: Sequence[StreamSearch]) -> Tensor:
+    def score(self, fused: Tensor, results: Sequence[StreamSearch], radius: int | None = None) -> Tensor:
         """Image scores ``[B]`` from the fused distances (and the search results, for PatchCore)."""
-        return self.image_score(ScoreContext(fused, lambda pos, n: self._support(results, fused, pos, n)))
+        return self.image_score(ScoreContext(fused, lambda pos, n: self._support(results, fused, pos, n, radius)))
 
-    def _support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
+    def _support(
+        self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int, radius: int | None = None
+    ) -> Tensor:
         """PatchCore's support-set distances ``[B, n]`` at ``pos`` (see :mod:`fapm.models.support`)."""
         searchables = [m.searchable() for m in self.memories]
         n = min(n, self._k_max)
-        plan = self.neighbourhood_plan()
+        plan = self.neighbourhood_plan(radius)
         return support_distances(
             results, searchables, self.layer_weights, self.grid, tuple(fused.shape[-2:]), pos, n,
             table=None if plan is None else plan.table,
         )
 
+    def score_images(self, images: Tensor, radius: int | None = None) -> AnomalyOutput:
+        """Score ``images [B, 3, H, W]`` as they are (no alignment), searching windows of ``radius``."""
+        results = self.nearest(self.extract(images), radius=radius)
+        fused = self.fuse(results, images.shape[0])
+        return AnomalyOutput(self.score(fused, results, radius), self.to_map(fused, tuple(images.shape[-2:])))
+
     def forward(self, images: Tensor) -> AnomalyOutput:
         """Score ``images [B, 3, H, W]`` → image scores ``[B]`` and maps ``[B, H, W]``."""
-        results = self.nearest(self.extract(images))
-        fused = self.fuse(results, images.shape[0])
-        return AnomalyOutput(self.score(fused, results), self.to_map(fused, tuple(images.shape[-2:])))
+        if self.aligner is None:
+            return self.score_images(images)
+        return self._aligned_forward(images)
+
+    def _aligned_forward(self, images: Tensor) -> AnomalyOutput:
+        """Register, warp, score, warp the maps back; unconfident images use the neighbourhood search."""
+        aligner = self.aligner
+        assert aligner is not None
+        if not self.fitted:
+            raise NotFittedError("the memory is empty: fit the detector or load a model file first")
+        choice = aligner.resolved
+        fallback = max(self.neighbourhood, int(aligner.radius))
+        if choice == "plain":
+            return self.score_images(images)
+        if choice == "neighbourhood":
+            return self.score_images(images, fallback)
+        estimate = aligner.estimate(images)
+        confident = estimate.confidence >= aligner.min_confidence
+        ok = confident.nonzero().squeeze(1)
+        bad = (~confident).nonzero().squeeze(1)
+        batch = images.shape[0]
+        scores = images.new_empty(batch)
+        maps = images.new_empty(batch, *images.shape[-2:])
+        if ok.numel():
+            theta = estimate.theta[ok].to(images)
+            out = self.score_images(warp(images[ok], theta))
+            scores[ok] = out.image_scores
+            maps[ok] = warp(out.anomaly_maps.unsqueeze(1), invert_theta(theta)).squeeze(1)
+        if bad.numel():
+            out = self.score_images(images[bad], fallback)
+            scores[bad] = out.image_scores
+            maps[bad] = out.anomaly_maps
+            low = [round(float(v), 1) for v in estimate.confidence[bad].tolist()]
+            warnings.warn(
+                f"model.align={aligner.mode}: {bad.numel()} of {batch} images registered to the reference with "
+                f"confidence (PSR) {low} < model.align_min_confidence={aligner.min_confidence:g}; scored with "
+                f"the neighbourhood search (radius {fallback}) instead of being warped",
+                AlignmentFallbackWarning,
+                stacklevel=2,
+            )
+        aligner.counts["aligned"] += int(ok.numel())
+        aligner.counts["fallback"] += int(bad.numel())
+        return AnomalyOutput(scores, maps)
+
+
+class AlignmentFallbackWarning(UserWarning):
+    """Test images whose registration to the reference was not confident (scored unwarped)."""
