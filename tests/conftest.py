@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,22 @@ from PIL import Image
 # ---------------------------------------------------------------------------------------------
 # Data layer: tiny on-the-fly image trees
 # ---------------------------------------------------------------------------------------------
+def _keep_absl_off_pytest_streams() -> None:
+    """absl's log handler (absl comes with openvino and nncf) closes its stream when logging is
+    reconfigured, unless that stream is the *current* ``sys.stderr``. Imported during collection,
+    its stream is pytest's session-wide capture buffer, and the next in-process Hydra run
+    (``logging.config.dictConfig`` shuts every handler down) would close that buffer for the rest
+    of the session. Point it at the real stderr, which absl never closes."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_keep_absl_off_pytest_streams()
+
+
 def _write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array)).save(path)

@@ -76,6 +76,27 @@ class CoresetResult:
     cluster_spread: Tensor | None = None
 
 
+@dataclass
+class FirstPass:
+    """The first greedy pass over ``R`` memories (see :meth:`AdaptiveCoreset.first_pass`).
+
+    Attributes:
+        features: ``[R, N, C]`` the candidates.
+        k1: centres per memory of the first pass.
+        state: the resumable k-center run (None when every vector is kept).
+        d_max: ``[R]`` Eq. 1 spread ``d_imax`` (NaN when not computed).
+        spread: ``[R, k1]`` Eq. 1 per cluster, when asked for.
+        final: nothing can be enlarged (every vector kept, or a plain projected coreset).
+    """
+
+    features: Tensor
+    k1: int
+    state: KCenterState | None
+    d_max: Tensor
+    spread: Tensor | None = None
+    final: bool = False
+
+
 class AdaptiveCoreset:
     """Greedy k-center per memory, with FAPM's adaptive enlargement.
 
@@ -126,21 +147,35 @@ class AdaptiveCoreset:
 
     def __call__(self, features: Tensor, generator: torch.Generator) -> CoresetResult:
         """Select centres in each memory of ``features [R, N, C]``."""
+        first = self.first_pass(features, generator)
+        return self.finish(first, self.decide(first.d_max))
+
+    # The three steps below let the memories of one layer be built in shards (one block of
+    # regions per DDP rank): only the enlargement decision needs every region's ``d_imax``
+    # (the quantile mode ranks them), so ranks exchange ``[R]`` numbers, not features.
+    def first_pass(
+        self, features: Tensor, generator: torch.Generator, regions: slice | None = None, total: int | None = None
+    ) -> FirstPass:
+        """Greedy k-center to ``ceil(ratio·N)`` centres in each memory of ``features [R', N, C]``
+        and the memories' ``d_imax [R']``.
+
+        Args:
+            regions: which regions of the layer ``features`` holds, when it is a block of a
+                layer's ``total`` regions; the generator is then drawn exactly as for the whole
+                layer, so the block's result equals the same rows of a whole-layer build.
+            total: the layer's number of regions (with ``regions``).
+        """
         r, n, _ = features.shape
         k1 = num_centres(n, self.ratio)
+        nan = torch.full((r,), float("nan"), device=features.device)
         if k1 == n:
             # Nothing to reduce: keep every vector (ratio 1.0, or tiny memories).
-            full = torch.arange(n, device=features.device).expand(r, n).clone()
-            nan = torch.full((r,), float("nan"), device=features.device)
-            zeros = torch.zeros(r, dtype=torch.bool, device=features.device)
-            return CoresetResult(full, torch.full((r,), n, device=features.device), nan, zeros)
-        state = self.sampler.select(features, k1, generator)
+            return FirstPass(features, k1, None, nan, final=True)
+        state = self.sampler.select(features, k1, generator, regions=regions, total=total)
         if not self.adaptive and state.space is not features:
             # Plain coreset on a projection (PatchCore): the statistics would need a full
             # extra assignment pass in feature space, as costly as the selection itself.
-            nan = torch.full((r,), float("nan"), device=features.device)
-            zeros = torch.zeros(r, dtype=torch.bool, device=features.device)
-            return CoresetResult(state.selected, torch.full((r,), k1, device=features.device), nan, zeros)
+            return FirstPass(features, k1, state, nan, final=True)
         sq_nearest, assignment = self._true_distances(features, state)
         d_max = cluster_spread(scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale))
         spread = None
@@ -148,15 +183,34 @@ class AdaptiveCoreset:
             far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=features.device)
             far_sq.scatter_reduce_(1, assignment, sq_nearest, reduce="amax")
             spread = cluster_spread(scale_sq_distances(far_sq, features, self.distance_scale))
-        enlarged = self.enlarge_mask(d_max) if self.adaptive else torch.zeros_like(d_max, dtype=torch.bool)
+        return FirstPass(features, k1, state, d_max, spread=spread)
+
+    def decide(self, d_max: Tensor) -> Tensor:
+        """``[R]`` bool: the memories to enlarge, given every region's ``d_imax [R]`` of a layer."""
+        if not self.adaptive or bool(d_max.isnan().all()):
+            return torch.zeros_like(d_max, dtype=torch.bool)
+        return self.enlarge_mask(d_max)
+
+    def finish(self, first: FirstPass, enlarged: Tensor) -> CoresetResult:
+        """Continue the first pass of the memories ``enlarged [R']`` to ``factor`` times more centres."""
+        features, k1 = first.features, first.k1
+        r, n, _ = features.shape
+        device = features.device
+        if first.state is None:
+            full = torch.arange(n, device=device).expand(r, n).clone()
+            return CoresetResult(full, torch.full((r,), n, device=device), first.d_max, torch.zeros_like(enlarged))
+        if first.final:
+            return CoresetResult(
+                first.state.selected, torch.full((r,), k1, device=device), first.d_max, torch.zeros_like(enlarged)
+            )
         k2 = num_centres(n, min(1.0, self.ratio * self.factor))
         lengths = torch.where(enlarged, k2, k1)
-        indices = torch.full((r, int(lengths.max())), -1, dtype=torch.long, device=features.device)
-        indices[:, :k1] = state.selected
+        indices = torch.full((r, int(lengths.max()) if r else k1), -1, dtype=torch.long, device=device)
+        indices[:, :k1] = first.state.selected
         if enlarged.any() and k2 > k1:
             rows = enlarged.nonzero().squeeze(1)
-            indices[rows] = self.sampler.extend(state, k2, rows=rows).selected
-        return CoresetResult(indices, lengths, d_max, enlarged, spread)
+            indices[rows] = self.sampler.extend(first.state, k2, rows=rows).selected
+        return CoresetResult(indices, lengths, first.d_max, enlarged, first.spread)
 
     @staticmethod
     def _true_distances(features: Tensor, state: KCenterState) -> tuple[Tensor, Tensor]:

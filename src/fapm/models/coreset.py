@@ -100,17 +100,31 @@ class GreedyKCenter:
         matrix = (matrix / math.sqrt(self.projection_dim)).to(features)
         return features @ matrix
 
-    def select(self, features: Tensor, k: int, generator: torch.Generator) -> KCenterState:
+    def select(
+        self,
+        features: Tensor,
+        k: int,
+        generator: torch.Generator,
+        regions: slice | None = None,
+        total: int | None = None,
+    ) -> KCenterState:
         """Run greedy k-center to ``k`` centres in every memory of ``features [R, N, C]``.
 
         ``generator`` (a CPU generator) draws the start point of each memory and the
-        projection, so a seed fixes the result.
+        projection, so a seed fixes the result. When ``features`` is the block ``regions``
+        of a layer of ``total`` memories, the draws are those of the whole layer, so each
+        memory's run is the one a whole-layer call gives it (memories never interact).
         """
         r, n, _ = features.shape
         if not 1 <= k <= n:
             raise ValueError(f"k must be in [1, {n}], got {k}")
         space = self.project(features, generator)
-        start = torch.randint(n, (r,), generator=generator).to(features.device)
+        start = torch.randint(n, (r if total is None else total,), generator=generator)
+        if regions is not None:
+            start = start[regions]
+        if start.shape[0] != r:
+            raise ValueError(f"regions {regions} of {total} do not match the {r} memories given")
+        start = start.to(features.device)
         return self._run(space, k, start=start)
 
     def extend(self, state: KCenterState, k: int, rows: Tensor | None = None) -> KCenterState:

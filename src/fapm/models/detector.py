@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from fapm.distributed import all_gather_rows
+from fapm.distributed import all_gather_rows, all_gather_sizes, gather_to_owner, shard_bounds, world
 from fapm.models.adaptive import AdaptiveCoreset
 from fapm.models.alignment import CHOICES, Aligner, AlignmentProbe, decide, invert_theta, warp
 from fapm.models.build_report import BuildReport
@@ -220,19 +220,20 @@ class MemoryDetector(nn.Module):
         for i in streams:
             memory = self.memories[i]
             start = time.perf_counter()
-            # Under DDP every rank extracted a contiguous shard of the training images: in rank
-            # order they are the training set, so the memory equals a single process's.
-            candidates = all_gather_rows(self.features.take(i), dim=1)
-            report.candidates.append(candidates.shape[1])
-            result = self.coreset(candidates, generator)
-            memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
-            del candidates
+            if world()[1] == 1:
+                candidates = self.features.take(i)
+                report.candidates.append(candidates.shape[1])
+                result = self.coreset(candidates, generator)
+                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
+                del candidates
+            else:
+                self._build_sharded(memory, self.features.take(i), generator, report)
             if memory.memory.is_cuda:
                 torch.cuda.synchronize(memory.memory.device)
             report.seconds.append(time.perf_counter() - start)
             report.sizes.append(memory.sizes())
-            report.d_max.append([float(v) for v in result.d_max.tolist()])
-            report.enlarged.append(int(result.enlarged.sum()))
+            report.d_max.append([float(v) for v in memory.d_max.tolist()])
+            report.enlarged.append(int(memory.enlarged.sum()))
         if not self.probe.empty:
             report.alignment = self._build_alignment()
         self.last_build = report
@@ -242,6 +243,14 @@ class MemoryDetector(nn.Module):
     def _build_alignment(self) -> dict[str, Any]:
         """The reference, the training images' registration spread and the (auto) choice."""
         reference = self.probe.reference()
+        if world()[1] > 1:  # DDP: the mean over every rank's images (the spread is measured on this rank's)
+            import torch.distributed as dist
+
+            assert self.probe.total is not None
+            device = self.memories[0].memory.device
+            buf = torch.cat([self.probe.total.flatten(), torch.tensor([float(self.probe.count)])]).to(device)
+            dist.all_reduce(buf)
+            reference = (buf[:-1] / buf[-1]).view_as(self.probe.total).cpu()
         aligner = self.aligner
         threshold = aligner.min_confidence if aligner is not None else 10.0
         summary = self.probe.measure(reference, threshold)
@@ -258,6 +267,46 @@ class MemoryDetector(nn.Module):
             summary["choice"] = choice
         log.info("alignment of the training images: %s", summary)
         return summary
+
+    def _build_sharded(
+        self, memory: PatchMemory, local: Tensor, generator: torch.Generator, report: BuildReport
+    ) -> None:
+        """One layer's memories built across DDP ranks: rank ``r`` builds the ``r``-th block of regions.
+
+        Every rank extracted a contiguous shard of the training images (``local [R, n_r, C]``);
+        in rank order the shards are the training set. Each block of regions is gathered, from
+        every rank, on its owner only; the owners run the first k-center pass on their blocks,
+        exchange ``d_imax`` (``[R]`` numbers: the quantile rule ranks a whole layer), enlarge
+        their own regions, and the built memories are gathered on every rank. The generator is
+        drawn as for the whole layer, so the memory is the single-process one, bit for bit on
+        the CPU. PatchCore's single global memory (one region) is built by rank 0 alone.
+        """
+        rank, size = world()
+        regions = local.shape[0]
+        mine: Tensor | None = None
+        for owner in range(size):
+            lo, hi = shard_bounds(regions, owner, size)
+            block = gather_to_owner(local[lo:hi], owner, dim=1)
+            if owner == rank:
+                mine = block
+        del local
+        assert mine is not None
+        lo, hi = shard_bounds(regions, rank, size)
+        report.candidates.append(mine.shape[1])
+        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions)
+        enlarged = self.coreset.decide(all_gather_rows(first.d_max))
+        result = self.coreset.finish(first, enlarged[lo:hi])
+        c = mine.shape[-1]
+        vectors = torch.gather(mine, 1, result.indices.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
+        vectors[result.indices < 0] = 0
+        del mine, first
+        # pad every block to the layer's longest memory, then concatenate the blocks in rank order
+        longest = max(all_gather_sizes(vectors.shape[1]))
+        vectors = torch.nn.functional.pad(vectors, (0, 0, 0, longest - vectors.shape[1]))
+        memory.store(
+            all_gather_rows(vectors), all_gather_rows(result.lengths.to(torch.long)),
+            all_gather_rows(result.d_max.float()), enlarged,
+        )
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:

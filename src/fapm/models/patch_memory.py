@@ -107,6 +107,10 @@ class PatchMemory(nn.Module):
         safe = indices.clamp_min(0)
         memory = torch.gather(candidates, 1, safe.unsqueeze(-1).expand(-1, -1, c))
         memory[indices < 0] = 0
+        self.store(memory, lengths, d_max, enlarged)
+
+    def store(self, memory: Tensor, lengths: Tensor, d_max: Tensor, enlarged: Tensor) -> None:
+        """Store built memories: ``memory [R, K_max, C]`` (zero padding), ``lengths``, ``d_max``, ``enlarged [R]``."""
         self.memory = memory.contiguous()
         self.lengths = lengths.to(torch.long)
         self.d_max = d_max.float()
