@@ -153,10 +153,10 @@ def invert_theta(theta: Tensor) -> Tensor:
     return torch.cat([lin_inv, -torch.matmul(lin_inv, theta[:, :, 2:])], dim=-1)
 
 
-def warp(x: Tensor, theta: Tensor, mode: str = "bilinear") -> Tensor:
-    """``x [B, C, H, W]`` sampled at ``theta · [u; 1]`` (edges replicated)."""
+def warp(x: Tensor, theta: Tensor, mode: str = "bilinear", padding: str = "border") -> Tensor:
+    """``x [B, C, H, W]`` sampled at ``theta · [u; 1]`` (outside: edges replicated, or ``zeros``)."""
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
 # ------------------------------------------------------------------------------ estimates

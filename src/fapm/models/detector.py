@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from fapm.distributed import all_gather_rows, all_gather_sizes, gather_to_owner, shard_bounds, world
 from fapm.models.adaptive import AdaptiveCoreset
-from fapm.models.alignment import CHOICES, Aligner, AlignmentProbe, decide, invert_theta, warp
+from fapm.models.alignment import (
+    CHOICES, Aligner, AlignmentProbe, decide, estimate, grey_thumbnails, invert_theta, warp,
+)
 from fapm.models.build_report import BuildReport
 from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
@@ -117,6 +119,9 @@ class MemoryDetector(nn.Module):
         self.aligner = aligner
         # fit-time thumbnails: the alignment reference and how aligned the training images are
         self.probe = AlignmentProbe(aligner.resolution, fixed=True) if aligner is not None else AlignmentProbe(128)
+        self._train_frame: Tensor | None = None
+        self._aligned_sum: Tensor | None = None
+        self.train_alignment = {"aligned": 0, "kept": 0}
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
@@ -188,14 +193,53 @@ class MemoryDetector(nn.Module):
         """
         self.features.reset(expected_images)
         self.probe.reset()
+        self._train_frame: Tensor | None = None  # thumbnail the training images are aligned to
+        self._aligned_sum: Tensor | None = None
+        self.train_alignment = {"aligned": 0, "kept": 0}
 
     @torch.no_grad()
     def collect(self, images: Tensor) -> None:
         """Extract features of normal ``images [B, 3, H, W]`` and keep them for :meth:`build`."""
-        if self.aligner is not None and self.probe.empty:
-            self.aligner.check_input_size(tuple(images.shape[-2:]))
+        self.probe.add(images)  # the raw images: their spread is what the fit-time summary reports
+        if self.aligner is not None:
+            images = self._align_training(images)
         self.add_features(self.streams(self.extractor(images)))
-        self.probe.add(images)
+
+    def _align_training(self, images: Tensor) -> Tensor:
+        """Training images registered to the first batch's mean thumbnail (confident ones warped).
+
+        The memory is then built in the frame test images are warped to: the reference kept for
+        testing is the mean of these aligned thumbnails. Under DDP every rank would pick its own
+        frame, so training images are kept as they are there (only test images are aligned).
+        """
+        aligner = self.aligner
+        assert aligner is not None
+        if self._train_frame is None:
+            aligner.check_input_size(tuple(images.shape[-2:]))
+        thumbs = grey_thumbnails(images, aligner.resolution)
+        if self._train_frame is None:
+            self._train_frame = thumbs.mean(0)
+        if world()[1] == 1 and (aligner.mode != "auto" or self._auto_alignable(thumbs)):
+            est = estimate(thumbs, self._train_frame, aligner.mode == "similarity" or aligner.mode == "auto",
+                           (int(images.shape[-2]), int(images.shape[-1])))
+            ok = est.confidence >= aligner.min_confidence
+            if bool(ok.any()):
+                images = images.clone()
+                images[ok] = warp(images[ok], est.theta[ok].to(images))
+                thumbs = grey_thumbnails(images, aligner.resolution)
+            self.train_alignment["aligned"] += int(ok.sum())
+            self.train_alignment["kept"] += int((~ok).sum())
+        else:
+            self.train_alignment["kept"] += images.shape[0]
+        total = thumbs.sum(0).cpu()
+        self._aligned_sum = total if self._aligned_sum is None else self._aligned_sum + total
+        return images
+
+    def _auto_alignable(self, thumbs: Tensor) -> bool:
+        """``align: auto`` aligns training images only where they have a common layout (auto's rule, on this batch)."""
+        assert self.aligner is not None and self._train_frame is not None
+        est = estimate(thumbs, self._train_frame, False, (self.aligner.resolution, self.aligner.resolution))
+        return bool((est.confidence >= self.aligner.min_confidence).float().mean() >= 0.9)
 
     def add_features(self, streams: Sequence[Tensor]) -> None:
         """Keep stream features ``[B, C_s, H_s, W_s]`` for :meth:`build`."""
@@ -243,6 +287,8 @@ class MemoryDetector(nn.Module):
     def _build_alignment(self) -> dict[str, Any]:
         """The reference, the training images' registration spread and the (auto) choice."""
         reference = self.probe.reference()
+        if self.aligner is not None and self._aligned_sum is not None:
+            reference = self._aligned_sum / self.probe.count  # the frame the memory was built in
         if world()[1] > 1:  # DDP: the mean over every rank's images (the spread is measured on this rank's)
             import torch.distributed as dist
 
@@ -259,6 +305,9 @@ class MemoryDetector(nn.Module):
         mode = aligner.mode if aligner is not None else "auto"
         choice, radius, reason = decide(summary, mode, threshold, region_px)
         summary.update(region_px=round(region_px, 1), recommendation=choice, reason=reason)
+        if self.aligner is not None:
+            summary["training_images_aligned"] = self.train_alignment["aligned"]
+            summary["training_images_kept"] = self.train_alignment["kept"]
         if aligner is not None:
             aligner.reference.copy_(reference.to(aligner.reference))
             aligner.choice.fill_(CHOICES.index(choice))
@@ -387,11 +436,34 @@ class MemoryDetector(nn.Module):
             table=None if plan is None else plan.table,
         )
 
-    def score_images(self, images: Tensor, radius: int | None = None) -> AnomalyOutput:
-        """Score ``images [B, 3, H, W]`` as they are (no alignment), searching windows of ``radius``."""
+    def score_images(self, images: Tensor, radius: int | None = None, theta: Tensor | None = None) -> AnomalyOutput:
+        """Score ``images [B, 3, H, W]`` searching windows of ``radius``.
+
+        ``theta [B, 2, 3]``: the images are warped by it first (:mod:`fapm.models.alignment`);
+        positions whose features see beyond the input's frame (filled by the warp) are
+        left out of the image score and the map, which is warped back to the input's frame.
+        """
+        size = tuple(images.shape[-2:])
+        if theta is not None:
+            images = warp(images, theta.to(images))
         results = self.nearest(self.extract(images), radius=radius)
         fused = self.fuse(results, images.shape[0])
-        return AnomalyOutput(self.score(fused, results, radius), self.to_map(fused, tuple(images.shape[-2:])))
+        if theta is not None:
+            fused = fused * self._inside_frame(theta.to(fused), size, tuple(fused.shape[-2:]))
+        maps = self.to_map(fused, size)
+        if theta is not None:
+            maps = warp(maps.unsqueeze(1), invert_theta(theta.to(maps))).squeeze(1)
+        return AnomalyOutput(self.score(fused, results, radius), maps)
+
+    @staticmethod
+    def _inside_frame(theta: Tensor, size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+        """``[B, 1, h, w]`` 1 where a warped image's feature cell lies inside the input frame, with a
+        one-cell margin (the backbone's receptive field and pooling reach beyond a cell), else 0."""
+        ones = torch.ones(theta.shape[0], 1, *size, device=theta.device, dtype=theta.dtype)
+        inside = warp(ones, theta, padding="zeros")
+        cells = torch.nn.functional.interpolate(inside, size=grid, mode="area") > 0.999
+        eroded = -torch.nn.functional.max_pool2d(-cells.to(theta.dtype), 3, stride=1, padding=1)
+        return eroded
 
     def forward(self, images: Tensor) -> AnomalyOutput:
         """Score ``images [B, 3, H, W]`` → image scores ``[B]`` and maps ``[B, H, W]``."""
@@ -419,10 +491,9 @@ class MemoryDetector(nn.Module):
         scores = images.new_empty(batch)
         maps = images.new_empty(batch, *images.shape[-2:])
         if ok.numel():
-            theta = estimate.theta[ok].to(images)
-            out = self.score_images(warp(images[ok], theta))
+            out = self.score_images(images[ok], theta=estimate.theta[ok])
             scores[ok] = out.image_scores
-            maps[ok] = warp(out.anomaly_maps.unsqueeze(1), invert_theta(theta)).squeeze(1)
+            maps[ok] = out.anomaly_maps
         if bad.numel():
             out = self.score_images(images[bad], fallback)
             scores[bad] = out.image_scores
