@@ -366,6 +366,11 @@ class MemorySettings(Settings):
     threshold_mode: Literal["absolute", "quantile"] = "absolute"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
+    neighbourhood_border: Literal["clip", "shift"] = "clip"
+    align: Literal["none", "translation", "similarity", "auto"] = "none"
+    align_resolution: int = setting(128, ge=32, le=1024, doc="side of the grey thumbnails registered")
+    align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
+    align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
     # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"
