@@ -279,6 +279,18 @@ def _non_empty(value: tuple[Any, ...]) -> str | None:
     return None if value else "must name at least one layer"
 
 
+def _weights_source(value: str) -> str | None:
+    """Known offline sources only (``imagenet:<package>``); files are checked when the backbone is built."""
+    from fapm.models.offline_weights import OFFLINE_SOURCES, PREFIX
+
+    if value.startswith(PREFIX) and value[len(PREFIX):] not in OFFLINE_SOURCES:
+        known = ", ".join(PREFIX + name for name in OFFLINE_SOURCES)
+        return f"unknown offline source {value!r}; known: {known}"
+    if value in ("", "file:"):
+        return "names no file"
+    return None
+
+
 # ---------------------------------------------------------------------------------- backbone
 @dataclass(frozen=True)
 class BackboneSettings(Settings):
@@ -288,7 +300,9 @@ class BackboneSettings(Settings):
     library: Literal["torchvision", "timm"] = "torchvision"
     layers: tuple[str, ...] = setting(("layer2", "layer3"), check=_non_empty, doc="module paths, shallow to deep")
     pretrained: Literal["auto", "true", "false"] = "auto"
-    weights: str | None = setting(None, doc="a local state-dict file, or a named offline source")
+    weights: str | None = setting(
+        None, check=_weights_source, doc="a state-dict file (path or file:<path>), or imagenet:<package>"
+    )
     weights_prefix: str = ""
     weights_tag: str | None = None
     pool_size: int = setting(3, ge=1, check=_odd, doc="local average pooling window")
@@ -352,8 +366,14 @@ class MemorySettings(Settings):
     threshold_mode: Literal["absolute", "quantile"] = "absolute"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
+    neighbourhood_border: Literal["clip", "shift"] = "clip"
+    align: Literal["none", "translation", "similarity", "auto"] = "none"
+    align_resolution: int = setting(128, ge=32, le=1024, doc="side of the grey thumbnails registered")
+    align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
+    align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
-    image_score: Literal["softmax", "max", "patchcore"] = "softmax"
+    # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
+    image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")

@@ -75,6 +75,26 @@ def test_ablations_export(demo, info, tmp_path, variant) -> None:
     torch.testing.assert_close(out.image_scores, eager(det, demo["test"], info).image_scores, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("variant", ["fapm_nbhd", "fapm_nbhd_shift"])
+def test_neighbourhood_exports(demo, info, tmp_path, variant) -> None:
+    """Radius-1 windows (clip with the support-set score, and shift) equal eager in ONNX Runtime."""
+    det = fit(variant, demo["train"], info)
+    path = export_onnx(det, tmp_path / "m.onnx", info)  # checks against eager at batches 1 and 3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (demo["test"], demo["test"][:2]):
+        scores, maps, _ = session.run(None, {"images": batch.numpy()})
+        ref = eager(det, batch, info)
+        np.testing.assert_allclose(scores, ref.image_scores.numpy(), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(maps, ref.anomaly_maps.numpy(), rtol=0, atol=ATOL)
+    # the graph holds the memory once, not a (2r+1)² union
+    sizes = sum(t.numel() for t in det.memories[0].memory.unsqueeze(0))
+    import onnx
+
+    model = onnx.load(str(path))
+    largest = max(int(np.prod(init.dims)) for init in model.graph.initializer)
+    assert largest <= max(sizes, max(p.numel() for p in det.extractor.parameters()))
+
+
 def test_raw_graph_refuses_another_size(exported) -> None:
     _, path = exported["fapm"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -109,3 +129,40 @@ def test_export_refuses_unfitted_detector(info, tmp_path) -> None:
 
     with pytest.raises(NotFittedError, match="fitted"):
         export_onnx(VARIANTS["fapm"](), tmp_path / "x.onnx", info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fx", [True, False], ids=["timm_fx", "timm_stages"])
+def test_timm_efficientnet_exports(demo, info, tmp_path, monkeypatch, fx) -> None:
+    """A timm backbone with TF "same" padding and folded BNs exports to ONNX and TorchScript, equal to eager,
+    whether timm's FX extraction or its feature stages (FX failing) read the layers."""
+    import warnings
+
+    from fapm.models.adaptive import AdaptiveCoreset
+    from fapm.models.detector import MemoryDetector
+    from fapm.models.features import FeatureExtractor
+
+    if not fx:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("no fx")
+
+        monkeypatch.setattr("timm.models.create_feature_extractor", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = FeatureExtractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], library="timm", pretrained="false")
+    assert backbone.method == ("fx" if fx else "timm_features")
+    det = MemoryDetector(backbone, grid=(2, 2), coreset=AdaptiveCoreset(0.3)).eval()
+    with torch.inference_mode():
+        det.collect(normalised(demo["train"], info))
+        det.build()
+    path = export_onnx(det, tmp_path / "m.onnx", info)  # checks against eager at batches 1 and 3
+    out = OnnxRuntimeScorer(path).score_rgb(demo["test"])
+    want = eager(det, demo["test"], info)
+    torch.testing.assert_close(out.image_scores, want.image_scores, rtol=0, atol=ATOL)
+    assert float(want.image_scores.std()) > 1e-3
+    from fapm.deploy.graph import BackboneGraph
+
+    graph = BackboneGraph(det, info.mean, info.std).eval()
+    traced = torch.jit.trace(graph, demo["test"][:2], check_trace=False)
+    for got, ref in zip(traced(demo["test"]), graph(demo["test"])):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)

@@ -22,8 +22,10 @@ distances in the tens to thousands, so "as printed" every memory would be double
 * ``relative``: divided by the memory's mean squared vector norm (scale-free).
 
 ``threshold_mode`` chooses how ``d_th`` is read: ``absolute`` (``d_imax > d_th``, the paper)
-or ``quantile`` (memories above the ``d_th`` quantile of their layer's ``d_imax`` values,
-so a fixed share ``1 − d_th`` of the regions is doubled whatever the feature scale).
+or ``quantile`` (memories above the ``d_th`` quantile of their layer's values, so a fixed
+share ``1 − d_th`` of the regions is doubled whatever the feature scale). The quantile mode
+ranks the squared covering radius before Eq. 1's squashing: ``tanh`` is increasing, so the
+order is Eq. 1's, but it survives the saturation that makes every ``d_imax`` exactly 1.0.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class FirstPass:
         spread: ``[R, k1]`` Eq. 1 per cluster, when asked for.
         final: nothing can be enlarged (every vector kept, or a plain projected coreset).
         k2: centres per enlarged memory (after the per-region cap).
+        sq_radius: ``[R]`` the scaled squared covering radius that ``d_max`` squashes (None when
+            not computed); the quantile mode ranks on it.
     """
 
     features: Tensor
@@ -98,6 +102,7 @@ class FirstPass:
     spread: Tensor | None = None
     final: bool = False
     k2: int = 0
+    sq_radius: Tensor | None = None
 
 
 class AdaptiveCoreset:
@@ -149,10 +154,18 @@ class AdaptiveCoreset:
             raise ValueError(f"model.memory_cap must be >= 1 or null, got {memory_cap}")
         self.memory_cap = memory_cap
 
-    def enlarge_mask(self, d_max: Tensor) -> Tensor:
-        """``[R]`` bool: which memories the rule enlarges, given their ``d_imax [R]``."""
+    def enlarge_mask(self, d_max: Tensor, sq_radius: Tensor | None = None) -> Tensor:
+        """``[R]`` bool: which memories the rule enlarges.
+
+        Args:
+            d_max: ``[R]`` Eq. 1 spreads ``d_imax`` (compared with ``d_th`` in absolute mode).
+            sq_radius: ``[R]`` the scaled squared covering radius that ``d_imax`` squashes; the
+                quantile mode ranks on it, because Eq. 1 saturates (every ``d_imax`` = 1.0 in
+                float32 once ‖·‖² exceeds ~17) and ties would then enlarge nothing.
+        """
         if self.threshold_mode == "quantile":
-            return d_max > torch.quantile(d_max.double(), self.d_th).to(d_max)
+            values = d_max if sq_radius is None else sq_radius
+            return values > torch.quantile(values.double(), self.d_th).to(values)
         return d_max > self.d_th
 
     def sizes(self, n: int) -> tuple[int, int]:
@@ -194,7 +207,7 @@ class AdaptiveCoreset:
                 "first_pass(), decide() on the whole layer's d_max, then finish()"
             )
         first = self.first_pass(features, generator, regions=regions, total=total, device=device)
-        return self.finish(first, self.decide(first.d_max))
+        return self.finish(first, self.decide(first.d_max, first.sq_radius))
 
     # The three steps below let the memories of one layer be built in shards (one block of
     # regions per DDP rank): only the enlargement decision needs every region's ``d_imax``
@@ -230,19 +243,21 @@ class AdaptiveCoreset:
             # extra assignment pass in feature space, as costly as the selection itself.
             return FirstPass(features, k1, state, nan, final=True, k2=k1)
         sq_nearest, assignment = self._true_distances(features, state)
-        d_max = cluster_spread(scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale))
+        sq_radius = scale_sq_distances(sq_nearest.amax(dim=1), features, self.distance_scale)  # [R]
+        d_max = cluster_spread(sq_radius)
         spread = None
         if self.with_cluster_spread:
             far_sq = torch.zeros(r, k1, dtype=sq_nearest.dtype, device=dev)
             far_sq.scatter_reduce_(1, assignment, sq_nearest, reduce="amax")
             spread = cluster_spread(scale_sq_distances(far_sq, features, self.distance_scale))
-        return FirstPass(features, k1, state, d_max, spread=spread, k2=k2)
+        return FirstPass(features, k1, state, d_max, spread=spread, k2=k2, sq_radius=sq_radius)
 
-    def decide(self, d_max: Tensor) -> Tensor:
-        """``[R]`` bool: the memories to enlarge, given every region's ``d_imax [R]`` of a layer."""
+    def decide(self, d_max: Tensor, sq_radius: Tensor | None = None) -> Tensor:
+        """``[R]`` bool: the memories to enlarge, given every region's ``d_imax [R]`` of a layer
+        (and the squared radii ``[R]`` it squashes, which the quantile mode ranks)."""
         if not self.adaptive or bool(d_max.isnan().all()):
             return torch.zeros_like(d_max, dtype=torch.bool)
-        return self.enlarge_mask(d_max)
+        return self.enlarge_mask(d_max, sq_radius)
 
     def finish(self, first: FirstPass, enlarged: Tensor) -> CoresetResult:
         """Continue the first pass of the memories ``enlarged [R']`` to ``factor`` times more centres."""
