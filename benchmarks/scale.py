@@ -57,6 +57,7 @@ OPTIONS: dict[str, list[str]] = {
     "fapm_exact": ["model=fapm"],
     "fapm_fp16": ["model=fapm", "model.feature_dtype=float16"],
     "fapm_proj": ["model=fapm", "model.feature_dtype=float16", "model.projection_dim=128"],
+    "fapm_exact_again": ["model=fapm"],  # the exact build re-timed beside another option (load varies)
     "fapm_scalable": ["model=fapm_scalable"],
     "patchcore": ["model=patchcore"],
     "patchcore_fp16": ["model=patchcore", "model.feature_dtype=float16"],

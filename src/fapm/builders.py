@@ -68,6 +68,7 @@ def build_memory_detector(
         extractor: an already built backbone to reuse.
     """
     from fapm.models.adaptive import AdaptiveCoreset
+    from fapm.models.alignment import Aligner
     from fapm.models.coreset import GreedyKCenter
     from fapm.models.detector import MemoryDetector
     from fapm.models.scoring import make_image_score
@@ -99,9 +100,13 @@ def build_memory_detector(
         map_upsample=model.map_upsample,
         blur_sigma=model.blur_sigma,
         neighbourhood=model.neighbourhood,
+        neighbourhood_border=model.neighbourhood_border,
         seed=seed,
         feature_dtype=getattr(torch, model.feature_dtype),
         feature_host=model.feature_storage == "host",
+        aligner=None if model.align == "none" else Aligner(
+            model.align, model.align_resolution, model.align_min_confidence, model.align_fallback_neighbourhood
+        ),
     )
 
 

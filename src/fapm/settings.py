@@ -334,7 +334,7 @@ class SearchSettings(Settings):
     backend: Literal["torch", "faiss", "auto"] = setting("torch", doc="torch (exact), faiss, or auto by memory size")
     factory: str = setting("Flat", check=_factory_check, doc="FAISS index factory string")
     nlist: int | None = setting(None, ge=1, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
-    nprobe: int = setting(16, ge=1, doc="IVF cells visited per query")
+    nprobe: int = setting(8, ge=1, doc="IVF cells visited per query")
     ef_search: int = setting(64, ge=1, doc="HNSW candidate list size at query time")
     pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
     use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
@@ -368,6 +368,11 @@ class MemorySettings(Settings):
     threshold_mode: Literal["absolute", "quantile"] = "quantile"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
+    neighbourhood_border: Literal["clip", "shift"] = "clip"
+    align: Literal["none", "translation", "similarity", "auto"] = "none"
+    align_resolution: int = setting(128, ge=32, le=1024, doc="side of the grey thumbnails registered")
+    align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
+    align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
     # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"

@@ -32,7 +32,7 @@ def test_padded_memory_and_search_norms() -> None:
     cand = torch.randn(2, 10, 3)
     idx = torch.tensor([[0, 1, 2], [5, -1, -1]])
     mem.set(cand, idx, torch.tensor([3, 1]), torch.zeros(2), torch.zeros(2, dtype=torch.bool))
-    vectors, norms = mem.searchable(0)
+    vectors, norms = mem.searchable()
     assert vectors.shape == (2, 3, 3)
     assert torch.equal(vectors[1, 0], cand[1, 5])
     assert torch.isinf(norms[1, 1:]).all() and torch.isfinite(norms[0]).all()
@@ -50,11 +50,15 @@ def test_neighbour_table() -> None:
     assert sorted(corner) == [0, 1, 3, 4]
 
 
-def test_neighbourhood_union() -> None:
+def test_neighbourhood_plan_covers_every_memory() -> None:
+    """On a 2x2 grid, radius 1 reaches all four regions from each (searched in place, no union copy)."""
+    from fapm.models.neighbourhood import NeighbourhoodPlan
+
+    plan = NeighbourhoodPlan.build((2, 2), 1, "clip")
+    for i in range(4):
+        assert sorted(v for v in plan.table[i].tolist() if v >= 0) == [0, 1, 2, 3]
     mem = PatchMemory((2, 2))
     cand = torch.randn(4, 6, 2)
-    idx = torch.arange(3).expand(4, 3).clone()
-    mem.set(cand, idx, torch.full((4,), 3), torch.zeros(4), torch.zeros(4, dtype=torch.bool))
-    vectors, norms = mem.searchable(1)
-    assert vectors.shape == (4, 9 * 3, 2)
-    assert int(torch.isfinite(norms[0]).sum()) == 4 * 3  # all four regions are neighbours on 2x2
+    mem.set(cand, torch.arange(3).expand(4, 3).clone(), torch.full((4,), 3), torch.zeros(4), torch.zeros(4, dtype=torch.bool))
+    vectors, norms = mem.searchable()
+    assert vectors.shape == (4, 3, 2) and int(torch.isfinite(norms).sum()) == 12

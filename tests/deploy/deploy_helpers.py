@@ -25,6 +25,15 @@ VARIANTS = {
     # B: concatenated streams on the grid; C: separate layers, one region; A: PatchCore
     "ablation_b": lambda: MemoryDetector(extractor(), ConcatLayers(), grid=(2, 2), coreset=AdaptiveCoreset(0.3, adaptive=False)),
     "ablation_c": lambda: MemoryDetector(extractor(), grid=(1, 1), coreset=AdaptiveCoreset(0.3, adaptive=False)),
+    # neighbourhood windows searched in place (the graph holds index tables, not a union copy);
+    # PatchCore's support score covers the window's support set too
+    "fapm_nbhd": lambda: MemoryDetector(
+        extractor(), grid=(4, 4), coreset=AdaptiveCoreset(0.3), neighbourhood=1,
+        image_score=PatchCoreWeightedScore(num_neighbors=3),
+    ),
+    "fapm_nbhd_shift": lambda: MemoryDetector(
+        extractor(), grid=(4, 4), coreset=AdaptiveCoreset(0.3), neighbourhood=1, neighbourhood_border="shift",
+    ),
     "patchcore": lambda: MemoryDetector(
         extractor(), ConcatLayers(), grid=(1, 1), coreset=AdaptiveCoreset(0.2, adaptive=False), k=1,
         image_score=PatchCoreWeightedScore(num_neighbors=4),

@@ -75,6 +75,26 @@ def test_ablations_export(demo, info, tmp_path, variant) -> None:
     torch.testing.assert_close(out.image_scores, eager(det, demo["test"], info).image_scores, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("variant", ["fapm_nbhd", "fapm_nbhd_shift"])
+def test_neighbourhood_exports(demo, info, tmp_path, variant) -> None:
+    """Radius-1 windows (clip with the support-set score, and shift) equal eager in ONNX Runtime."""
+    det = fit(variant, demo["train"], info)
+    path = export_onnx(det, tmp_path / "m.onnx", info)  # checks against eager at batches 1 and 3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (demo["test"], demo["test"][:2]):
+        scores, maps, _ = session.run(None, {"images": batch.numpy()})
+        ref = eager(det, batch, info)
+        np.testing.assert_allclose(scores, ref.image_scores.numpy(), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(maps, ref.anomaly_maps.numpy(), rtol=0, atol=ATOL)
+    # the graph holds the memory once, not a (2r+1)² union
+    sizes = sum(t.numel() for t in det.memories[0].memory.unsqueeze(0))
+    import onnx
+
+    model = onnx.load(str(path))
+    largest = max(int(np.prod(init.dims)) for init in model.graph.initializer)
+    assert largest <= max(sizes, max(p.numel() for p in det.extractor.parameters()))
+
+
 def test_raw_graph_refuses_another_size(exported) -> None:
     _, path = exported["fapm"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -97,3 +97,20 @@ def test_untraceable_scoring_is_refused(model_path: Path, tmp_path: Path) -> Non
     with pytest.raises(ExportError, match="Python control flow that tracing freezes"):
         export_torchscript(model, tmp_path / "host.pt", check_batches=(1, 3, 4))
     assert not (tmp_path / "host.pt").exists()
+
+
+@pytest.mark.parametrize("border", ["clip", "shift"])
+def test_neighbourhood_window_exports(model_path: Path, tmp_path: Path, border: str) -> None:
+    """A radius-1 window searched in place traces (with PatchCore's window support set) and equals eager."""
+    model = FAPM.load(model_path)
+    model.detector.neighbourhood = 1
+    model.detector.neighbourhood_border = border
+    model.detector.image_score = PatchCoreWeightedScore(num_neighbors=3)
+    graph, _ = load_exported(export_torchscript(model, tmp_path / "nbhd.pt"))
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    mean = torch.tensor(model.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.preprocess.std).view(1, 3, 1, 1)
+    eager = model.score((images - mean) / std)
+    scores, maps = graph(images)
+    torch.testing.assert_close(scores, eager.image_scores, rtol=0, atol=1e-4)
+    torch.testing.assert_close(maps, eager.anomaly_maps, rtol=0, atol=1e-4)

@@ -79,6 +79,44 @@ def test_saved_model_scores_like_the_fitted_one(fitted, images: torch.Tensor) ->
         assert torch.equal(m1.memory, m2.memory) and torch.equal(m1.lengths, m2.lengths)
 
 
+def test_neighbourhood_settings_round_trip(fitted, tmp_path: Path, images: torch.Tensor) -> None:
+    """Radius and border are stored with the model; the memory is stored once whatever the radius."""
+    detector, path = fitted
+    model = MemorySettings(grid=(2, 2), image_score="max", neighbourhood=2, neighbourhood_border="shift")
+    backbone = BackboneSettings(name="resnet18", pretrained="false", seed=0)
+    target = save_model(tmp_path / "nbhd.safetensors", detector, model, backbone, PREPROCESS, facts=detector.facts())
+    loaded, file = load_detector(target)
+    assert file.model.neighbourhood == 2 and file.model.neighbourhood_border == "shift"
+    assert loaded.neighbourhood == 2 and loaded.neighbourhood_border == "shift"
+    assert _read_raw(target)[1].keys() == _read_raw(path)[1].keys()
+    detector.neighbourhood, detector.neighbourhood_border = 2, "shift"
+    try:
+        with torch.no_grad():
+            assert torch.equal(detector(images).image_scores, loaded(images).image_scores)
+    finally:
+        detector.neighbourhood, detector.neighbourhood_border = 0, "clip"
+
+
+def test_alignment_reference_round_trips(tmp_path: Path, images: torch.Tensor) -> None:
+    """``model.align``: the fit-time reference and the resolved choice are tensors of the file."""
+    model = MemorySettings(grid=(2, 2), image_score="max", align="auto", align_resolution=64)
+    backbone = BackboneSettings(name="resnet18", pretrained="false", seed=0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        detector = build_memory_detector(model, backbone, seed=0)
+    g = torch.Generator().manual_seed(0)
+    detector.collect(torch.randn(1, 3, SIDE, SIDE, generator=g) + 0.1 * torch.randn(6, 3, SIDE, SIDE, generator=g))
+    detector.build()
+    path = save_model(tmp_path / "aligned.safetensors", detector, model, backbone, PREPROCESS, facts=detector.facts())
+    tensors = _read_raw(path)[1]
+    assert torch.equal(tensors["aligner.reference"], detector.aligner.reference)
+    loaded, file = load_detector(path)
+    assert file.model.align == "auto" and file.facts["alignment"]["recommendation"] == detector.aligner.resolved
+    assert loaded.aligner.resolved == detector.aligner.resolved == "translation"
+    assert torch.equal(loaded.aligner.reference, detector.aligner.reference)
+    with torch.no_grad():
+        assert torch.equal(detector.eval()(images).anomaly_maps, loaded(images).anomaly_maps)
+
+
 def test_file_is_a_plain_safetensors_file(fitted) -> None:
     _, path = fitted
     header, tensors = _read_raw(path)
@@ -204,6 +242,9 @@ def test_crafted_file_is_refused_by_predict_and_eval(fitted, tmp_path: Path) -> 
         (lambda h: h["model"].update(foo=1), r"model\.foo: unknown key"),
         (lambda h: h["model"].update(k="four"), r"model\.k: expected an integer"),
         (lambda h: h["model"].update(family="pickle"), r"model\.family: must be one of"),
+        (lambda h: h["model"].update(neighbourhood=-1), r"model\.neighbourhood: must be >= 0"),
+        (lambda h: h["model"].update(neighbourhood_border="wrap"), r"model\.neighbourhood_border: must be one of"),
+        (lambda h: h["model"].update(align="affine"), r"model\.align: must be one of"),
         (lambda h: h["backbone"].update(pool_size=0), r"backbone\.pool_size: must be >= 1"),
         (lambda h: h.update(extra={"a": 1}), r"unknown header entries \['extra'\]"),
         (lambda h: h.update(thresholds=[1, 2]), "'thresholds' entry is not a mapping"),

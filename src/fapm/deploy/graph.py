@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from fapm.models.detector import MemoryDetector
 from fapm.models.knn import exact_distances
+from fapm.models.neighbourhood import NeighbourhoodPlan, exact_distances_at
 from fapm.models.patch_memory import merge_regions, split_regions
 from fapm.models.scoring import ScoreContext, fuse_streams, gaussian_kernel1d
 from fapm.models.support import StreamSearch, support_distances
@@ -126,9 +127,18 @@ class HeadGraph(nn.Module):
         self.register_buffer("map_rows", map_operator(finest[0], self.size[0], self.blur_sigma, self.map_upsample).float())
         self.register_buffer("map_cols_t", map_operator(finest[1], self.size[1], self.blur_sigma, self.map_upsample).float().t().contiguous())
         for i, memory in enumerate(detector.memories):
-            vectors, norms = memory.searchable(detector.neighbourhood)
+            vectors, norms = memory.searchable()  # as stored: a neighbourhood is searched in place
             self.register_buffer(f"vectors{i}", vectors.detach().float().contiguous())  # [R, M, C]
             self.register_buffer(f"norms{i}", norms.detach().float().unsqueeze(1).contiguous())  # [R, 1, M]
+        # the neighbourhood's index tables become constants of the graph (none at radius 0)
+        plan = detector.neighbourhood_plan()
+        self.windowed = plan is not None
+        if plan is not None:
+            plan = plan.to(torch.device("cpu"))
+            self.register_buffer("nb_table", plan.table.clone())
+            self.register_buffer("nb_inside", plan.inside.clone())
+            self.register_buffer("nb_sources", plan.sources.clone())
+            self.register_buffer("nb_route", plan.route.clone())
         threshold = float("inf") if image_threshold is None else float(image_threshold)
         self.register_buffer("image_threshold", torch.tensor(threshold, dtype=torch.float32))
 
@@ -146,18 +156,36 @@ class HeadGraph(nn.Module):
         """One stream's per-region exact k-NN as a batched matrix product + top-k."""
         vectors, norms = self.memory(i)
         queries = split_regions(stream, self.grid)  # [R, Q, C]
+        plan = self.plan()
+        # a neighbourhood: memory j is searched by the stacked queries of the regions whose
+        # window holds it ([R, D·Q, C]), then each region keeps its window's k best
+        searched = queries if plan is None else plan.stack_queries(queries)
         # rank by ‖m‖² − 2 q·m; -2 goes on the (small) queries, not on the [R, Q, M] block
-        rank = torch.matmul(queries * -2.0, vectors.transpose(1, 2)) + norms
-        found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False).indices
-        # the k found neighbours' distances exactly, ‖q − m‖, sorted (as the eager detector)
-        dist, idx = exact_distances(queries, vectors, found)
+        rank = torch.matmul(searched * -2.0, vectors.transpose(1, 2)) + norms
+        if plan is None:
+            found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False).indices
+            # the k found neighbours' distances exactly, ‖q − m‖, sorted (as the eager detector)
+            dist, idx = exact_distances(queries, vectors, found)
+        else:
+            values, found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False)
+            rows = vectors.shape[1]
+            _, found = plan.merge(values, found, self.k, rows)
+            flat = vectors.reshape(-1, vectors.shape[-1])
+            dist, idx = exact_distances_at(queries, flat, plan.rows(found, rows), found)
         return StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1]))
+
+    def plan(self) -> NeighbourhoodPlan | None:
+        """The neighbourhood's tables (buffers of this module), or None at radius 0."""
+        if not self.windowed:
+            return None
+        return NeighbourhoodPlan(self.nb_table, self.nb_inside, self.nb_sources, self.nb_route)
 
     def support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
         memories = [(v, m.squeeze(1)) for v, m in (self.memory(i) for i in range(self.n_streams))]
+        plan = self.plan()
         return support_distances(
             results, memories, self.layer_weights, self.grid, (fused.shape[-2], fused.shape[-1]), pos,
-            min(n, self.k_max),
+            min(n, self.k_max), table=None if plan is None else plan.table,
         )
 
     def forward(self, *features: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -96,6 +96,11 @@ def _prepare(detector: MemoryDetector, memory: bool = True) -> None:
         from fapm.models.detector import NotFittedError
 
         raise NotFittedError("export needs a fitted detector (build or load its memory first)")
+    if getattr(detector, "aligner", None) is not None:
+        raise ExportError(
+            f"model.align={detector.aligner.mode} is scored eagerly only (each image's registration decides "
+            "whether it is warped or falls back): export a model fitted with model.align=none"
+        )
     if next(detector.extractor.parameters()).device.type != "cpu":
         raise ExportError("export on the CPU: move the detector there first (detector.cpu())")
     detector.eval()

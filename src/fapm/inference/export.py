@@ -118,6 +118,12 @@ def export_torchscript(
     Raises:
         ExportError: the graph does not reproduce the eager model.
     """
+    aligner = getattr(model.detector, "aligner", None)
+    if aligner is not None:
+        raise ExportError(
+            f"model.align={aligner.mode} is scored eagerly only (each image's registration decides whether it "
+            "is warped or falls back): export a model fitted with model.align=none"
+        )
     side = model.preprocess.output_size
     graph = ScoringGraph(model.detector, model.preprocess.mean, model.preprocess.std).to(model.device).eval()
     generator = torch.Generator().manual_seed(seed)

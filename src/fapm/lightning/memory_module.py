@@ -85,6 +85,13 @@ class MemoryBankModule(AnomalyModule):
                 "memory %s: %d vectors in %d regions (%d–%d each), %d enlarged; d_max %s",
                 name, sum(sizes), len(sizes), min(sizes), max(sizes), enlarged, _describe(d_max),
             )
+        if report.alignment:  # how aligned the training images are, and what that recommends
+            a = report.alignment
+            log.info(
+                "training-image alignment: shift p90 %.1f px, rotation p90 %.1f deg, %.0f%% register confidently "
+                "-> %s (%s)", a["shift_px_p90"], a["rotation_deg_p90"], 100 * a["confident_share"],
+                a.get("choice", f"recommended: {a['recommendation']}"), a["reason"],
+            )
 
     def _coreset_progress(self) -> Callable[..., Any] | None:
         """A tqdm bar over the streams' coresets when the trainer shows progress bars."""

@@ -91,8 +91,8 @@ class FirstPass:
         spread: ``[R, k1]`` Eq. 1 per cluster, when asked for.
         final: nothing can be enlarged (every vector kept, or a plain projected coreset).
         k2: centres per enlarged memory (after the per-region cap).
-        sq_radius: ``[R]`` the scaled squared covering radius that ``d_max`` squashes (what the
-            quantile rule ranks); None when not computed.
+        sq_radius: ``[R]`` the scaled squared covering radius that ``d_max`` squashes (None when
+            not computed); the quantile mode ranks on it.
     """
 
     features: Tensor

@@ -17,6 +17,8 @@ class BuildReport:
         enlarged: per stream, how many regions the adaptive rule enlarged.
         candidates: per stream, the candidates each region's coreset chose from.
         seconds: per stream, the build time.
+        alignment: how aligned the training images are (registration spread to their mean,
+            see :class:`~fapm.models.alignment.AlignmentProbe`) and the recommended choice.
     """
 
     stream_names: list[str]
@@ -25,6 +27,7 @@ class BuildReport:
     enlarged: list[int] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    alignment: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Flat ``memory/<stream>/<fact>`` entries."""
@@ -42,4 +45,7 @@ class BuildReport:
                 out[f"memory/{name}/d_max_min"] = min(finite)
                 out[f"memory/{name}/d_max_median"] = sorted(finite)[len(finite) // 2]
                 out[f"memory/{name}/d_max_max"] = max(finite)
+        for key, value in self.alignment.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"alignment/{key}"] = value
         return out

@@ -166,7 +166,7 @@ class FaissKNN:
         self,
         factory: str = "Flat",
         nlist: int | None = None,
-        nprobe: int = 16,
+        nprobe: int = 8,
         ef_search: int = 64,
         pq_m: int = 64,
         use_gpu: str | bool = "auto",

@@ -62,20 +62,12 @@ def merge_regions(values: Tensor, batch: int, grid: tuple[int, int], size: tuple
 
 
 def neighbour_table(grid: tuple[int, int], radius: int, device: torch.device | None = None) -> Tensor:
-    """``[R, (2r+1)²]`` indices of each region's neighbours within ``radius`` (itself first),
-    -1 where the neighbourhood leaves the grid."""
-    gh, gw = grid
-    rows = torch.arange(gh, device=device).view(gh, 1).expand(gh, gw).reshape(-1)
-    cols = torch.arange(gw, device=device).view(1, gw).expand(gh, gw).reshape(-1)
-    offsets = [(0, 0)] + [
-        (dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if (dy, dx) != (0, 0)
-    ]
-    dy = torch.tensor([o[0] for o in offsets], device=device)
-    dx = torch.tensor([o[1] for o in offsets], device=device)
-    ny = rows.unsqueeze(1) + dy
-    nx = cols.unsqueeze(1) + dx
-    inside = (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)
-    return torch.where(inside, ny * gw + nx, torch.full_like(ny, -1))
+    """``[R, S]`` indices of each region's neighbours within ``radius`` (itself first),
+    -1 where the neighbourhood leaves the grid (the ``clip`` window of
+    :func:`fapm.models.neighbourhood.window_table`)."""
+    from fapm.models.neighbourhood import window_table
+
+    return window_table(grid, radius, "clip", device)
 
 
 class PatchMemory(nn.Module):
@@ -84,7 +76,7 @@ class PatchMemory(nn.Module):
     Also keeps, per region, the adaptive rule's ``d_max`` and whether it was enlarged.
 
     Args:
-        grid: ``(gh, gw)`` the regions' layout (for neighbourhood search).
+        grid: ``(gh, gw)`` the regions' layout.
     """
 
     memory: Tensor
@@ -158,35 +150,17 @@ class PatchMemory(nn.Module):
         """``[R, K_max]`` True for stored (non-padding) rows."""
         return torch.arange(self.memory.shape[1], device=self.memory.device) < self.lengths.unsqueeze(1)
 
-    def searchable(self, neighbourhood: int = 0) -> tuple[Tensor, Tensor]:
-        """Vectors each region searches, and their squared norms (+inf on padding).
-
-        Args:
-            neighbourhood: 0 searches region ``i``'s memory only (the paper); ``r ≥ 1`` the
-                union of the memories within ``r`` regions (e.g. 1 = the 3×3 block around it).
+    def searchable(self) -> tuple[Tensor, Tensor]:
+        """The stored vectors and their squared norms (+inf on padding), cached per device.
 
         Returns:
-            ``(vectors [R, M, C], sq_norms [R, M])`` with ``M = K_max`` or ``(2r+1)²·K_max``.
+            ``(vectors [R, K_max, C], sq_norms [R, K_max])``. Neighbourhood searches use these
+            in place (:mod:`fapm.models.neighbourhood`): no union of memories is ever built.
         """
-        key = ("searchable", neighbourhood)
-        if key not in self._derived:
+        if "norms" not in self._derived:
             sq = (self.memory * self.memory).sum(-1)
-            sq = sq.masked_fill(~self.valid_mask(), float("inf"))
-            if neighbourhood == 0:
-                vectors, norms = self.memory, sq
-            else:
-                vectors, norms = self._gather_neighbourhood(sq, neighbourhood)
-            self._derived[key] = vectors
-            self._derived[key + ("norms",)] = norms
-        return self._derived[key], self._derived[key + ("norms",)]
-
-    def _gather_neighbourhood(self, sq: Tensor, radius: int) -> tuple[Tensor, Tensor]:
-        r, _, c = self.memory.shape
-        table = neighbour_table(self.grid, radius, self.memory.device)  # [R, S]
-        safe = table.clamp_min(0)
-        vectors = self.memory[safe].reshape(r, -1, c)  # [R, S*K, C]
-        norms = sq[safe].masked_fill((table < 0).unsqueeze(-1), float("inf")).reshape(r, -1)
-        return vectors.contiguous(), norms.contiguous()
+            self._derived["norms"] = sq.masked_fill(~self.valid_mask(), float("inf"))
+        return self.memory, self._derived["norms"]
 
     def sizes(self) -> list[int]:
         return [int(v) for v in self.lengths.tolist()]
