@@ -245,7 +245,9 @@ def test_image_score_end_to_end(tmp_path, images, score) -> None:
     """The fapm config's image score (its default, and each option) from images to numbers, against
     the formula written out on directly computed distances."""
     overrides = [] if score == "default" else [f"model.image_score={score}"]
-    det = fit(build("fapm", tmp_path, overrides), images)
+    # a 50 % coreset: every region keeps >= 2 vectors (k_eff >= 2, the softmax score is not degenerate)
+    det = fit(build("fapm", tmp_path, [*overrides, "model.coreset_ratio=0.5"]), images)
+    assert det.effective_k() >= 2
     kind = compose_config("train", ["model=fapm", *overrides], tmp_path).model.image_score
     test = images[:3] + 0.3 * torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
