@@ -91,8 +91,8 @@ def moved(images: torch.Tensor, masks: torch.Tensor, condition: tuple[float, flo
     for i in range(images.shape[0]):
         rng = np.random.default_rng([seed, first + i])
         phi = rng.uniform(0, 2 * math.pi)
-        angle = rot * rng.choice([-1, 1])
-        s = 1 + scale * rng.choice([-1, 1])
+        angle = float(rot * rng.choice([-1, 1]))
+        s = float(1 + scale * rng.choice([-1, 1]))
         side = images.shape[-1]
         th = similarity_theta(torch.tensor([math.radians(angle)]), torch.tensor([s]), torch.zeros(1, 2))
         th[:, 0, 2], th[:, 1, 2] = shift * math.cos(phi) * 2 / side, shift * math.sin(phi) * 2 / side
