@@ -1,14 +1,25 @@
-"""The paper's Table 2 (A..E, + E with neighbourhood search) and the adaptive-rule choices, on
-one set of extracted features, plus the layer-wise vs concatenated distance relation.
+"""The paper's Table 2 (A..E, + E with neighbourhood search) on trained backbones, the image-score
+and adaptive-rule choices, and the layer-wise vs concatenated distance relation, each on one set
+of extracted features per backbone.
 
-    python benchmarks/ablation_real.py --data mtd --max-train 200          # real tiles, offline VGG16-BN
-    python benchmarks/ablation_real.py --data demo --category bracket       # demo, random WRN-50-2
+    # the real-data accuracy table (docs/readme/accuracy.md): 2 backbones x 5 models, 200 images
+    python benchmarks/ablation_real.py --data mtd --max-train 200 \
+        --backbones efficientnet_lite0,vgg16_bn_craft --out benchmarks/results/accuracy_mtd_200.json
+    # image score softmax / max / patchcore for FAPM and PatchCore, on the demo
+    python benchmarks/ablation_real.py --data demo --category bracket --backbones efficientnet_lite0 \
+        --variants "A PatchCore,E FAPM" --scores softmax,max,patchcore --skip-adaptive
+    # normalisation / layer choice: extra backbone overrides ("name=override;override")
+    python benchmarks/ablation_real.py --data mtd --backbones efficientnet_lite0 \
+        --backbone-variant "tf_norm=backbone.mean=[0.5,0.5,0.5];backbone.std=[0.502,0.502,0.502]"
 
-Every variant is composed from the real configs with ``experiment=ablation`` (same map and
-image score for all), built on the SAME backbone and the SAME extracted features, and scored
-with the project's metrics. ``--data mtd`` needs ``../shared`` (data/mtd and the VGG16-BN
-weights); random-init features are at chance on those photographs, so that mode always uses
-the trained VGG16-BN. Prints Markdown tables and writes JSON (``--out``).
+Every variant is composed from the real configs with ``experiment=ablation`` (same map and image
+score for all unless ``--scores``), validated by the package's settings, built by its builders
+on the SAME backbone and the SAME extracted features, and scored with the project's metrics
+(image/pixel AUROC, AUPRO, F1-max, image AUROC per defect type). ``fit s`` = the training
+images' feature extraction + the memory build; ``img/s`` = test images per second of
+extraction + search + scoring (one process, batches of 16 / 8). ``--data mtd`` needs
+``../shared`` (data/mtd, and weights/vgg16_bn_craft_features.pt for the CRAFT backbone).
+Prints Markdown tables and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from real_data import shared_paths, subset_root  # benchmarks/real_data.py
 
+from fapm.builders import build_extractor, build_memory_detector
 from fapm.data import MVTecDataModule
 from fapm.metrics import AnomalyMetrics, names
+from fapm.pipeline.common import validated_settings
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -44,10 +56,9 @@ VARIANTS = {
     "E + neighbourhood": ["model=fapm_nbhd"],
 }
 ADAPTIVE = {
-    "E raw, D_th 0.5 (paper)": ["model=fapm"],
-    "E per_channel, D_th 0.5": ["model=fapm", "model.distance_scale=per_channel"],
-    "E relative, D_th 0.5": ["model=fapm", "model.distance_scale=relative"],
-    "E quantile 0.5 (half enlarged)": ["model=fapm", "model.threshold_mode=quantile", "model.d_th=0.5"],
+    "E raw, D_th 0.5 (paper)": ["model=fapm", "model.distance_scale=raw", "model.threshold_mode=absolute"],
+    "E relative, D_th 0.5": ["model=fapm", "model.distance_scale=relative", "model.threshold_mode=absolute"],
+    "E quantile 0.5 (widest half)": ["model=fapm", "model.threshold_mode=quantile", "model.d_th=0.5"],
     "D (no rule), ratio 0.1": ["model=ablation_d"],
     "D (no rule), ratio 0.2": ["model=ablation_d", "model.coreset_ratio=0.2"],
 }
@@ -61,32 +72,44 @@ def compose_cfg(overrides: list[str]):
 
 @torch.inference_mode()
 def extract(extractor: torch.nn.Module, loader: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Pooled layer features of a whole loader, plus labels/masks/types."""
+    """Pooled layer features of a whole loader, plus labels/masks/types and the backbone's seconds."""
     feats: dict[str, list[torch.Tensor]] = {}
     info: dict[str, list] = {"label": [], "mask": [], "defect_type": []}
+    seconds = 0.0
     for batch in loader:
-        for k, v in extractor(batch["image"]).items():
+        start = time.perf_counter()
+        out = extractor(batch["image"])
+        seconds += time.perf_counter() - start
+        for k, v in out.items():
             feats.setdefault(k, []).append(v)
         info["label"].append(batch["label"])
         info["mask"].append(batch["mask"][:, 0].bool())
         info["defect_type"] += list(batch["defect_type"])
     return {k: torch.cat(v) for k, v in feats.items()}, {
-        "label": torch.cat(info["label"]), "mask": torch.cat(info["mask"]), "defect_type": info["defect_type"]}
+        "label": torch.cat(info["label"]), "mask": torch.cat(info["mask"]), "defect_type": info["defect_type"],
+        "seconds": seconds}
 
 
 @torch.inference_mode()
-def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, test_info, size) -> dict[str, Any]:
-    cfg = compose_cfg(overrides)
-    det = instantiate(cfg.model.module.detector, extractor=extractor)
+def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, test_info, size,
+                     train_seconds: float = 0.0, scores: list[str | None] = (None,)) -> dict[str | None, dict[str, Any]]:
+    """Build one variant on the extracted features and score the test set with each image score
+    in ``scores`` (``None`` = the variant's own); one memory and one set of maps serve them all."""
+    from fapm.models.scoring import make_image_score
+
+    settings = validated_settings(compose_cfg(overrides), groups=("model", "backbone", "data", "thresholds"))
+    det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
     n = len(next(iter(train_feats.values())))
     for lo in range(0, n, 16):
         det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train_feats.items()}))
     start = time.perf_counter()
     det.build()
     build_s = time.perf_counter() - start
-    metrics = AnomalyMetrics()
+    kinds = [settings.model.image_score if s is None else s for s in scores]
+    strategies = [make_image_score(kind, settings.model.num_neighbors) for kind in kinds]
+    metrics = [AnomalyMetrics() for _ in kinds]
     m = len(test_info["label"])
-    search_s = 0.0
+    search_s = score_s = 0.0
     for lo in range(0, m, 8):
         part = {k: v[lo : lo + 8] for k, v in test_feats.items()}
         t = time.perf_counter()
@@ -94,18 +117,35 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
         search_s += time.perf_counter() - t
         fused = det.fuse(results, len(part[next(iter(part))]))
         maps = det.to_map(fused, size)
-        metrics.update(det.score(fused, results), test_info["label"][lo : lo + 8], maps,
-                       test_info["mask"][lo : lo + 8], test_info["defect_type"][lo : lo + 8])
-    res = metrics.compute()
-    return {
-        names.IMAGE_AUROC: res[names.IMAGE_AUROC], names.PIXEL_AUROC: res[names.PIXEL_AUROC],
-        names.PIXEL_AUPRO: res[names.PIXEL_AUPRO], "memory_vectors": det.memory_vectors(),
-        "build_s": build_s, "search_ms_per_image": 1000 * search_s / m,
-        "enlarged": {s: int(mem.enlarged.sum()) for s, mem in zip(det.stream_names, det.memories)},
-        "regions": {s: mem.num_regions for s, mem in zip(det.stream_names, det.memories)},
-        "d_max_range": {s: [round(float(mem.d_max.min()), 4), round(float(mem.d_max.max()), 4)]
-                        for s, mem in zip(det.stream_names, det.memories)},
-    }
+        for i, (strategy, metric) in enumerate(zip(strategies, metrics)):
+            det.image_score = strategy
+            t1 = time.perf_counter()
+            image_scores = det.score(fused, results)
+            if i == 0:
+                score_s += time.perf_counter() - t
+            labels, types = test_info["label"][lo : lo + 8], test_info["defect_type"][lo : lo + 8]
+            if i == 0:  # the maps do not depend on the image score: pixel metrics once
+                metric.update(image_scores, labels, maps, test_info["mask"][lo : lo + 8], types)
+            else:
+                metric.update(image_scores, labels, defect_types=types)
+    out: dict[str | None, dict[str, Any]] = {}
+    pixel = None
+    for score, kind, metric in zip(scores, kinds, metrics):
+        res = metric.compute()
+        pixel = pixel or {k: res.get(k, float("nan")) for k in (names.PIXEL_AUROC, names.PIXEL_AUPRO, names.PIXEL_F1_MAX)}
+        per_type = {names.split_per_defect(k)[1]: v for k, v in res.items()
+                    if names.split_per_defect(k)[0] == names.IMAGE_AUROC and names.split_per_defect(k)[1]}
+        out[score] = {
+            names.IMAGE_AUROC: res[names.IMAGE_AUROC], names.IMAGE_F1_MAX: res[names.IMAGE_F1_MAX], **pixel,
+            "image_auroc_per_type": per_type, "memory_vectors": det.memory_vectors(), "image_score": kind,
+            "build_s": build_s, "fit_s": train_seconds + build_s, "search_ms_per_image": 1000 * search_s / m,
+            "img_per_s": m / (test_info["seconds"] + score_s),
+            "enlarged": {s: int(mem.enlarged.sum()) for s, mem in zip(det.stream_names, det.memories)},
+            "regions": {s: mem.num_regions for s, mem in zip(det.stream_names, det.memories)},
+            "d_max_range": {s: [round(float(mem.d_max.min()), 4), round(float(mem.d_max.max()), 4)]
+                            for s, mem in zip(det.stream_names, det.memories)},
+        }
+    return out
 
 
 @torch.inference_mode()
@@ -144,15 +184,23 @@ def layerwise_relation(train_feats, test_feats, test_info, grid=(7, 7), max_test
     }
 
 
+def fmt(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}"
+
+
 def table(rows: dict[str, dict[str, Any]], title: str) -> str:
-    lines = [f"**{title}**", "", "| variant | image AUROC | pixel AUROC | AUPRO | memory vectors | enlarged regions "
-             "| d_imax range | build s | search ms/img |", "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+    types = sorted({t for r in rows.values() for t in r.get("image_auroc_per_type", {})})
+    lines = [f"**{title}**", "", "| variant | image AUROC | pixel AUROC | AUPRO | image F1-max | pixel F1-max | "
+             + "".join(f"{t} | " for t in types) + "memory vectors | enlarged regions | fit s | img/s |",
+             "|---|" + "---:|" * (5 + len(types)) + "---:|---|---:|---:|"]
     for name, r in rows.items():
         enl = ", ".join(f"{k} {v}/{r['regions'][k]}" for k, v in r["enlarged"].items())
-        dmax = ", ".join(f"{k} {a:.3g}–{b:.3g}" for k, (a, b) in r["d_max_range"].items() if a == a)
-        lines.append(f"| {name} | {100 * r[names.IMAGE_AUROC]:.1f} | {100 * r[names.PIXEL_AUROC]:.1f} | "
-                     f"{100 * r[names.PIXEL_AUPRO]:.1f} | {r['memory_vectors']:,} | {enl} | {dmax or 'n/a'} | "
-                     f"{r['build_s']:.1f} | {r['search_ms_per_image']:.1f} |")
+        per = "".join(f"{fmt(r['image_auroc_per_type'].get(t, float('nan')))} | " for t in types)
+        lines.append(f"| {name} | {fmt(r[names.IMAGE_AUROC])} | {fmt(r[names.PIXEL_AUROC])} | "
+                     f"{fmt(r[names.PIXEL_AUPRO])} | {fmt(r[names.IMAGE_F1_MAX])} | {fmt(r[names.PIXEL_F1_MAX])} | "
+                     f"{per}{r['memory_vectors']:,} | {enl} | {r['fit_s']:.1f} | {r['img_per_s']:.1f} |")
+    lines.append("")
+    lines.append("Per-type columns: image AUROC of that defect type against the good test images.")
     return "\n".join(lines)
 
 
@@ -161,63 +209,83 @@ def main() -> None:
     p.add_argument("--data", choices=["demo", "mtd"], default="mtd")
     p.add_argument("--category", default="bracket", help="demo category (--data demo)")
     p.add_argument("--shared", default=os.environ.get("FAPM_SHARED", str(REPO.parent / "shared")))
-    p.add_argument("--max-train", type=int, default=200)
-    p.add_argument("--backbone", default=None, help="backbone config (default: vgg16_bn_craft for mtd, "
-                                                     "wide_resnet50_2 for demo)")
+    p.add_argument("--max-train", type=int, default=200, help="training images (seeded subset); 0 = all")
+    p.add_argument("--backbones", default=None, help="comma-separated backbone configs (default: "
+                   "efficientnet_lite0,vgg16_bn_craft for mtd, efficientnet_lite0 for demo)")
+    p.add_argument("--backbone-variant", action="append", default=[],
+                   help="'label=override;override' extra backbone overrides, each run as one more backbone")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--scores", default=None, help="comma-separated image scores to run every variant with "
+                   "(softmax,max,patchcore); default: the experiment's")
     p.add_argument("--skip-adaptive", action="store_true")
+    p.add_argument("--skip-relation", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
     torch.manual_seed(0)
 
-    backbone = args.backbone or ("vgg16_bn_craft" if args.data == "mtd" else "wide_resnet50_2")
-    bb_over = [f"backbone={backbone}"]
+    backbones = (args.backbones or ("efficientnet_lite0,vgg16_bn_craft" if args.data == "mtd" else "efficientnet_lite0")).split(",")
+    runs: list[tuple[str, list[str]]] = [(b, [f"backbone={b}"]) for b in backbones]
+    for spec in args.backbone_variant:
+        label, _, over = spec.partition("=")
+        runs.append((label, [f"backbone={backbones[0]}", *[o for o in over.split(";") if o]]))
     if args.data == "mtd":
-        data_root, weights = shared_paths(Path(args.shared))
-        root, n_train = subset_root(data_root, REPO / "data" / f"mtd_subset_{args.max_train}", args.max_train, 0)
-        bb_over.append(f"backbone.weights={weights}")
+        data_root, vgg_weights = shared_paths(Path(args.shared))
+        max_train = args.max_train or None
+        root, n_train = subset_root(data_root, REPO / "data" / f"mtd_subset_{args.max_train}", max_train, 0)
         category = "magnetic_tile"
     else:
         from fapm.data.demo import generate_demo
 
         root = generate_demo(REPO / "data" / "fapm_demo")
-        category, n_train = args.category, None
-        bb_over.append("backbone.pretrained=false")
-    dm = MVTecDataModule(root=str(root), category=category, train_batch_size=16, eval_batch_size=16)
-    dm.setup("fit")
-    base = compose_cfg(bb_over)
-    extractor = instantiate(base.backbone)
-    print(f"[ablation] extracting features ({backbone}, {extractor.weight_source}) …", file=sys.stderr, flush=True)
-    train_feats, _ = extract(extractor, dm.train_dataloader())
-    test_feats, test_info = extract(extractor, dm.test_dataloader())
-    size = tuple(dm.test_dataset()[0]["image"].shape[-2:])
-    report: dict[str, Any] = {"data": args.data, "category": category, "backbone": backbone,
-                              "weights": str(extractor.weight_source), "train_images": len(train_feats[next(iter(train_feats))]),
-                              "test_images": len(test_info["label"]), "variants": {}, "adaptive": {}}
-    for name, over in VARIANTS.items():
-        print(f"[ablation] {name} …", file=sys.stderr, flush=True)
-        report["variants"][name] = evaluate_variant(bb_over + over, extractor, train_feats, test_feats, test_info, size)
-    if not args.skip_adaptive:
-        for name, over in ADAPTIVE.items():
-            print(f"[ablation] {name} …", file=sys.stderr, flush=True)
-            report["adaptive"][name] = evaluate_variant(bb_over + over, extractor, train_feats, test_feats, test_info, size)
-    print("[ablation] layer-wise vs concatenated distances …", file=sys.stderr, flush=True)
-    report["layerwise_vs_concat"] = layerwise_relation(train_feats, test_feats, test_info)
-
-    head = (f"{args.data} / {category}, backbone {backbone} ({report['weights']}), {report['train_images']} training "
-            f"images, {report['test_images']} test images; every variant: k = 4, softmax image score, same features")
-    print(head + "\n\n" + table(report["variants"], "Ablations (paper Table 2 shape)"))
-    if report["adaptive"]:
-        print("\n" + table(report["adaptive"], "Adaptive-rule choices"))
-    rel = report["layerwise_vs_concat"]
-    print(f"\nLayer-wise sum S vs concatenated nearest distance D over {rel['positions']:,} test positions "
-          f"({rel['test_images']} images, full memories, 7x7 regions): Pearson {rel['pearson']:.3f}, Spearman "
-          f"{rel['spearman']:.3f}, S/D min {rel['ratio_S_over_D']['min']:.3f} median "
-          f"{rel['ratio_S_over_D']['median']:.3f} max {rel['ratio_S_over_D']['max']:.3f}; "
-          f"sqrt(sum a_j^2) <= D: {rel['lower_bound_holds']}, S <= sqrt(2) D: {rel['upper_bound_holds']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        category = args.category
+    variants = {k: VARIANTS[k] for k in args.variants.split(",")}
+    scores = args.scores.split(",") if args.scores else [None]
+    report: dict[str, Any] = {"data": args.data, "category": category, "max_train": args.max_train, "backbones": {},
+                              "command": " ".join(sys.argv), "threads": torch.get_num_threads()}
+    for label, bb_over in runs:
+        if args.data == "mtd" and bb_over[0] == "backbone=vgg16_bn_craft":
+            bb_over = [*bb_over, f"backbone.weights={vgg_weights}"]
+        base = validated_settings(compose_cfg(bb_over), groups=("model", "backbone", "data", "thresholds"))
+        dm = MVTecDataModule(root=str(root), category=category, train_batch_size=16, eval_batch_size=16,
+                             mean=base.backbone.mean, std=base.backbone.std)
+        dm.setup("fit")
+        extractor = build_extractor(base.backbone)
+        print(f"[ablation] {label}: extracting features ({extractor.weight_source}, {extractor.method}) …",
+              file=sys.stderr, flush=True)
+        train_feats, train_info = extract(extractor, dm.train_dataloader())
+        test_feats, test_info = extract(extractor, dm.test_dataloader())
+        size = tuple(dm.test_dataset()[0]["image"].shape[-2:])
+        entry: dict[str, Any] = {"overrides": bb_over, "weights": str(extractor.weight_source),
+                                 "layers": list(extractor.layers), "mean": list(base.backbone.mean),
+                                 "train_images": len(train_feats[next(iter(train_feats))]),
+                                 "test_images": len(test_info["label"]), "variants": {}, "adaptive": {}}
+        report["backbones"][label] = entry
+        for name, over in variants.items():
+            print(f"[ablation] {label}: {name} …", file=sys.stderr, flush=True)
+            rows = evaluate_variant(bb_over + over, extractor, train_feats, test_feats, test_info, size,
+                                    train_info["seconds"], scores)
+            for score, row in rows.items():
+                entry["variants"][name if score is None else f"{name}, {score}"] = row
+            if args.out:  # keep what is measured if a later variant is interrupted
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(report, indent=2))
+        if not args.skip_adaptive:
+            for name, over in ADAPTIVE.items():
+                print(f"[ablation] {label}: {name} …", file=sys.stderr, flush=True)
+                entry["adaptive"][name] = evaluate_variant(bb_over + over, extractor, train_feats, test_feats,
+                                                           test_info, size, train_info["seconds"])[None]
+        if not args.skip_relation:
+            entry["layerwise_vs_concat"] = layerwise_relation(train_feats, test_feats, test_info)
+        head = (f"{args.data} / {category}, backbone {label} ({entry['weights']}, layers {entry['layers']}), "
+                f"{entry['train_images']} training images, {entry['test_images']} test images, same features "
+                f"for every row; {torch.get_num_threads()} threads")
+        print("\n" + head + "\n\n" + table(entry["variants"], "Models"))
+        if entry["adaptive"]:
+            print("\n" + table(entry["adaptive"], "Adaptive-rule choices"))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -81,16 +81,23 @@ def load_split(root: Path, max_train: int, seed: int, max_test: int = 0, size: i
 
 
 def make_detector(backbone: str, weights_dir: Path, seed: int):
-    from fapm.models.adaptive import AdaptiveCoreset
-    from fapm.models.detector import MemoryDetector
-    from fapm.models.features import FeatureExtractor
+    """FAPM as ``fapm train model=fapm backbone=<backbone>`` builds it (the package's settings and builders)."""
+    from hydra import compose, initialize_config_dir
 
-    library, name, layers, file = BACKBONES[backbone]
+    from fapm.builders import build_memory_detector
+    from fapm.conf import CONFIG_DIR
+    from fapm.pipeline.common import validated_settings
+
+    overrides = ["model=fapm", f"backbone={backbone}", f"seed={seed}"]
+    if backbone == "vgg16_bn_craft":  # its weights live in this project's shared folder
+        overrides.append(f"backbone.weights={weights_dir / BACKBONES[backbone][3]}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=overrides)
+    settings = validated_settings(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        extractor = FeatureExtractor(name, layers, library=library, pretrained="false",
-                                     weights=str(weights_dir / file), seed=seed)
-    return MemoryDetector(extractor, grid=(7, 7), coreset=AdaptiveCoreset(0.1), k=4, seed=seed).eval()
+        det = build_memory_detector(settings.model, settings.backbone, settings.seed)
+    return det.eval(), settings.backbone
 
 
 def score_all(scorer, images: torch.Tensor, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -131,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     train, test, labels, masks = load_split(data_root, args.max_train, args.seed, args.max_test)
-    info = DeployInfo(image_size=test.shape[-1], facts={"backbone": args.backbone, "model": "fapm"})
-    det = make_detector(args.backbone, weights_dir, args.seed)
+    det, backbone = make_detector(args.backbone, weights_dir, args.seed)
+    info = DeployInfo(image_size=test.shape[-1], mean=tuple(backbone.mean), std=tuple(backbone.std),
+                      facts={"backbone": args.backbone, "model": "fapm"})
     mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
     start = time.perf_counter()
     with torch.inference_mode():

@@ -115,13 +115,16 @@ def batches(x: Tensor, size: int):
 def build_ours(weights: Path, seed: int, extra: list[str] | None = None) -> tuple[Any, Any]:
     """``MemoryDetector`` exactly as ``python train.py model=patchcore`` builds it."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+
+    from fapm.builders import build_memory_detector
+    from fapm.pipeline.common import validated_settings
 
     overrides = ["model=patchcore", f"backbone.weights={weights}", "backbone.pretrained=false", f"seed={seed}"]
     overrides += extra or []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
-    detector = instantiate(cfg.model.module.detector)
+    settings = validated_settings(cfg)
+    detector = build_memory_detector(settings.model, settings.backbone, settings.seed)
     detector.eval()
     return detector, cfg
 

@@ -44,7 +44,6 @@ from typing import Any, Callable
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -57,6 +56,23 @@ def compose_cfg(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=["paths.output_dir=/tmp", *overrides])
+
+
+def detector_for(cfg: Any, extractor: Any = None) -> Any:
+    """The package's own detector for a composed config (validated settings → builders)."""
+    from fapm.builders import build_memory_detector
+    from fapm.pipeline.common import validated_settings
+
+    settings = validated_settings(cfg)
+    return build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
+
+
+def extractor_for(cfg: Any) -> Any:
+    """The package's own backbone for a composed config."""
+    from fapm.builders import build_extractor
+    from fapm.pipeline.common import validated_settings
+
+    return build_extractor(validated_settings(cfg).backbone)
 
 
 def dataset(args: argparse.Namespace, n_train: int) -> tuple[Any, Any]:
@@ -262,7 +278,7 @@ def run_rss_child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     train_ds, _ = dataset(args, n)
     cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", "model=fapm"])
-    det = instantiate(cfg.model.module.detector).to(device)
+    det = detector_for(cfg).to(device)
     with torch.inference_mode():
         det.reset_fit(expected_images=n)
         for lo in range(0, n, 16):
@@ -317,7 +333,7 @@ def deploy_rows(args: argparse.Namespace, extractor: Any, feats: dict, train_rgb
     if device.type != "cpu":
         raise SystemExit("--deploy times CPU runtimes: run it with --device cpu")
     cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", "model=fapm", *extra])
-    det = instantiate(cfg.model.module.detector, extractor=extractor).eval()
+    det = detector_for(cfg, extractor).eval()
     fit_variant(det, feats, len(train_rgb))
     side = test_images.shape[-1]
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -483,7 +499,7 @@ def main() -> None:
     train_images = stack(train_ds, n_max)
     test_images = stack(test_ds, args.test_images + args.warmup)
     base = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", *extra])
-    extractor = instantiate(base.backbone).to(device)
+    extractor = extractor_for(base).to(device)
     feats, extract_s = extract_all(extractor, train_images, device, batch=16)
     per_image_extract = extract_s / n_max
     report: dict[str, Any] = {
@@ -502,7 +518,7 @@ def main() -> None:
 
     def measure(variant: str, n: int, full: bool) -> dict[str, Any]:
         cfg = compose_cfg([f"backbone={args.backbone}", "backbone.pretrained=false", f"model={variant}", *extra])
-        det = instantiate(cfg.model.module.detector, extractor=extractor).to(device)
+        det = detector_for(cfg, extractor).to(device)
         build_s = fit_variant(det, feats, n)
         row: dict[str, Any] = {
             "name": VARIANTS.get(variant, variant), "train_images": n,

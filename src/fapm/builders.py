@@ -8,8 +8,10 @@ Hydra nor Lightning is imported here; :func:`build_module` imports Lightning laz
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from typing import TYPE_CHECKING, Any, Callable
 
+import torch
 from torch import nn
 
 from fapm.settings import (
@@ -20,6 +22,7 @@ from fapm.settings import (
     MemorySettings,
     ModelSettings,
     MVTecDataSettings,
+    SearchSettings,
     VisADataSettings,
 )
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from fapm.lightning.base import AnomalyModule
     from fapm.models.detector import MemoryDetector
     from fapm.models.features import FeatureExtractor
+    from fapm.models.knn import KNNSearch
 
 
 def build_extractor(backbone: BackboneSettings) -> FeatureExtractor:
@@ -67,25 +71,29 @@ def build_memory_detector(
     from fapm.models.alignment import Aligner
     from fapm.models.coreset import GreedyKCenter
     from fapm.models.detector import MemoryDetector
-    from fapm.models.knn import search_factory
     from fapm.models.scoring import make_image_score
     from fapm.models.streams import make_streams
 
     coreset = AdaptiveCoreset(
         ratio=model.coreset_ratio,
-        sampler=GreedyKCenter(projection_dim=model.projection_dim, chunk_mb=model.coreset_chunk_mb),
+        sampler=GreedyKCenter(
+            projection_dim=model.projection_dim,
+            chunk_mb=model.coreset_chunk_mb,
+            device_chunk_mb=model.coreset_device_chunk_mb,
+        ),
         adaptive=model.adaptive,
         d_th=model.d_th,
         factor=model.adaptive_factor,
         distance_scale=model.distance_scale,
         threshold_mode=model.threshold_mode,
+        memory_cap=model.memory_cap,
     )
     return MemoryDetector(
         extractor if extractor is not None else build_extractor(backbone),
         streams=make_streams(model.fusion, model.fusion_upsample),
         grid=model.grid,
         coreset=coreset,
-        search=search_factory(model.search.backend),
+        search=build_search(model.search),
         k=model.k,
         layer_weights=model.layer_weights,
         image_score=make_image_score(model.image_score, model.num_neighbors),
@@ -94,9 +102,34 @@ def build_memory_detector(
         neighbourhood=model.neighbourhood,
         neighbourhood_border=model.neighbourhood_border,
         seed=seed,
+        feature_dtype=getattr(torch, model.feature_dtype),
+        feature_host=model.feature_storage == "host",
         aligner=None if model.align == "none" else Aligner(
             model.align, model.align_resolution, model.align_min_confidence, model.align_fallback_neighbourhood
         ),
+    )
+
+
+def build_search(search: SearchSettings) -> Callable[[], KNNSearch]:
+    """Factory of fresh per-region searches for ``model.search`` (a ``conf/model/search/`` config)."""
+    from fapm.models.knn import AutoKNN, FaissKNN, TorchKNN
+
+    faiss = functools.partial(
+        FaissKNN,
+        factory=search.factory,
+        nlist=search.nlist,
+        nprobe=search.nprobe,
+        ef_search=search.ef_search,
+        pq_m=search.pq_m,
+        use_gpu=search.use_gpu,
+        temp_memory_mb=search.temp_memory_mb,
+    )
+    if search.backend == "torch":
+        return TorchKNN
+    if search.backend == "faiss":
+        return faiss
+    return functools.partial(
+        AutoKNN, faiss=faiss, min_vectors=search.auto_min_vectors, min_vectors_cuda=search.auto_min_vectors_cuda
     )
 
 

@@ -48,6 +48,7 @@ from torch import nn
 from fapm import __version__
 from fapm.errors import FapmError
 from fapm.fileio import replace_atomically
+from fapm.models.offline_weights import is_offline_source
 from fapm.settings import (
     BackboneSettings,
     ConfigError,
@@ -417,6 +418,8 @@ def _source_backbone(file: ModelFile) -> BackboneSettings:
         return file.backbone.replace(pretrained="false", weights=None)  # a skeleton; the file's weights follow
     kind = str(file.facts.get("weights", "")).split(":", 1)[0]
     if kind == "imagenet":
+        if is_offline_source(file.backbone.weights):
+            return file.backbone  # a package installed with fapm (imagenet:<package>)
         return file.backbone.replace(pretrained="true", weights=None)  # download or fail, never random
     if kind == "random":
         return file.backbone.replace(pretrained="false", weights=None)

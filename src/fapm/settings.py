@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -278,6 +279,18 @@ def _non_empty(value: tuple[Any, ...]) -> str | None:
     return None if value else "must name at least one layer"
 
 
+def _weights_source(value: str) -> str | None:
+    """Known offline sources only (``imagenet:<package>``); files are checked when the backbone is built."""
+    from fapm.models.offline_weights import OFFLINE_SOURCES, PREFIX
+
+    if value.startswith(PREFIX) and value[len(PREFIX):] not in OFFLINE_SOURCES:
+        known = ", ".join(PREFIX + name for name in OFFLINE_SOURCES)
+        return f"unknown offline source {value!r}; known: {known}"
+    if value in ("", "file:"):
+        return "names no file"
+    return None
+
+
 # ---------------------------------------------------------------------------------- backbone
 @dataclass(frozen=True)
 class BackboneSettings(Settings):
@@ -287,7 +300,9 @@ class BackboneSettings(Settings):
     library: Literal["torchvision", "timm"] = "torchvision"
     layers: tuple[str, ...] = setting(("layer2", "layer3"), check=_non_empty, doc="module paths, shallow to deep")
     pretrained: Literal["auto", "true", "false"] = "auto"
-    weights: str | None = setting(None, doc="a local state-dict file, or a named offline source")
+    weights: str | None = setting(
+        None, check=_weights_source, doc="a state-dict file (path or file:<path>), or imagenet:<package>"
+    )
     weights_prefix: str = ""
     weights_tag: str | None = None
     pool_size: int = setting(3, ge=1, check=_odd, doc="local average pooling window")
@@ -300,11 +315,32 @@ class BackboneSettings(Settings):
 
 
 # ------------------------------------------------------------------------------------ models
+_FACTORY = re.compile(r"^(Flat|HNSW\d+(,Flat)?|IVF(\{nlist\}|\d+),(Flat|PQ(\{pq_m\}|\d+)))$")
+
+
+def _factory_check(value: str) -> str | None:
+    if _FACTORY.match(value):
+        return None
+    return (
+        f"must be a FAISS factory string of the form Flat, IVF{{nlist}},Flat, IVF{{nlist}},PQ{{pq_m}} or HNSW<links> "
+        f"({{nlist}}/{{pq_m}} are filled from model.search.nlist/pq_m, or give numbers), got {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class SearchSettings(Settings):
-    """``model.search``: the per-region k-NN backend."""
+    """``model.search``: the per-region k-NN backend (configs in ``conf/model/search/``)."""
 
-    backend: Literal["torch", "faiss"] = "torch"
+    backend: Literal["torch", "faiss", "auto"] = setting("torch", doc="torch (exact), faiss, or auto by memory size")
+    factory: str = setting("Flat", check=_factory_check, doc="FAISS index factory string")
+    nlist: int | None = setting(None, ge=1, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
+    nprobe: int = setting(8, ge=1, doc="IVF cells visited per query")
+    ef_search: int = setting(64, ge=1, doc="HNSW candidate list size at query time")
+    pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
+    use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
+    temp_memory_mb: int | None = setting(None, ge=0, doc="scratch MiB of the process's FAISS GPU resources")
+    auto_min_vectors: int = setting(10_000, ge=1, doc="auto: FAISS from this many vectors per memory (CPU)")
+    auto_min_vectors_cuda: int = setting(1_000_000, ge=1, doc="auto: the same rule on CUDA")
 
 
 def _grid_check(value: tuple[int, int]) -> str | None:
@@ -336,11 +372,25 @@ class MemorySettings(Settings):
     align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
     align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
-    image_score: Literal["softmax", "max", "patchcore"] = "softmax"
+    # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
+    image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")
     coreset_chunk_mb: float = setting(8.0, ge=0.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
+    # --- bounded fit memory (docs/readme/scale.md)
+    feature_dtype: Literal["float32", "float16", "bfloat16"] = setting(
+        "float32", doc="dtype the collected training features are stored in (distances are computed in float32)"
+    )
+    feature_storage: Literal["device", "host"] = setting(
+        "device", doc="where collected features live: the trainer's device, or host memory (pinned under CUDA)"
+    )
+    coreset_device_chunk_mb: float = setting(
+        0.0, ge=0.0, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
+    )
+    memory_cap: int | None = setting(
+        None, ge=1, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
+    )
     timing_warmup: int = setting(2, ge=0, doc="test batches not counted in the latency")
 
     def streams(self, backbone: BackboneSettings) -> int:

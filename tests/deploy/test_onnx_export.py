@@ -129,3 +129,40 @@ def test_export_refuses_unfitted_detector(info, tmp_path) -> None:
 
     with pytest.raises(NotFittedError, match="fitted"):
         export_onnx(VARIANTS["fapm"](), tmp_path / "x.onnx", info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fx", [True, False], ids=["timm_fx", "timm_stages"])
+def test_timm_efficientnet_exports(demo, info, tmp_path, monkeypatch, fx) -> None:
+    """A timm backbone with TF "same" padding and folded BNs exports to ONNX and TorchScript, equal to eager,
+    whether timm's FX extraction or its feature stages (FX failing) read the layers."""
+    import warnings
+
+    from fapm.models.adaptive import AdaptiveCoreset
+    from fapm.models.detector import MemoryDetector
+    from fapm.models.features import FeatureExtractor
+
+    if not fx:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("no fx")
+
+        monkeypatch.setattr("timm.models.create_feature_extractor", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = FeatureExtractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], library="timm", pretrained="false")
+    assert backbone.method == ("fx" if fx else "timm_features")
+    det = MemoryDetector(backbone, grid=(2, 2), coreset=AdaptiveCoreset(0.3)).eval()
+    with torch.inference_mode():
+        det.collect(normalised(demo["train"], info))
+        det.build()
+    path = export_onnx(det, tmp_path / "m.onnx", info)  # checks against eager at batches 1 and 3
+    out = OnnxRuntimeScorer(path).score_rgb(demo["test"])
+    want = eager(det, demo["test"], info)
+    torch.testing.assert_close(out.image_scores, want.image_scores, rtol=0, atol=ATOL)
+    assert float(want.image_scores.std()) > 1e-3
+    from fapm.deploy.graph import BackboneGraph
+
+    graph = BackboneGraph(det, info.mean, info.std).eval()
+    traced = torch.jit.trace(graph, demo["test"][:2], check_trace=False)
+    for got, ref in zip(traced(demo["test"]), graph(demo["test"])):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)

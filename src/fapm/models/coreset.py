@@ -11,7 +11,8 @@ the point farthest from the points chosen so far. Two facts are used throughout:
 
 All memories of one call have the same number of candidates (``[R, N, C]``), which is
 what patch-wise memories give: every region owns the same number of vectors per image.
-On CPU the regions are processed in chunks whose features fit in cache (a greedy step
+Each greedy step is one fused batched operation (``bmm`` + in-place updates) over all the
+regions of a chunk — never a Python loop over regions. On CPU the regions are processed in chunks whose features fit in cache (a greedy step
 reads every candidate once, so one step over all 49 regions at once is memory-bound,
 several times slower than the same arithmetic on a cache-resident chunk); on GPU one
 chunk holds all regions. Buffers are allocated once per chunk, never in the inner loop.
@@ -69,63 +70,114 @@ def num_centres(n: int, ratio: float) -> int:
     return max(1, min(n, math.ceil(round(ratio * n, 6))))
 
 
-def _default_chunk(features: Tensor, chunk_mb: float | None) -> int:
+def compute_device(features: Tensor, device: torch.device | str | None) -> torch.device:
+    """Where distances are computed: ``device``, else where ``features`` live."""
+    return torch.device(device) if device is not None else features.device
+
+
+def region_chunk(
+    features: Tensor, device: torch.device, chunk_mb: float | None, device_chunk_mb: float | None = None
+) -> int:
+    """Regions per batched greedy chunk of ``features [R, N, C]`` computed on ``device``.
+
+    * CPU: a chunk whose float32 copy fits the cache budget ``chunk_mb`` (a greedy step
+      reads every candidate once; cache-resident chunks run several times faster);
+    * CUDA with float32 features already there: all regions at once (one fused step);
+    * CUDA with features elsewhere or narrower: chunks of ``device_chunk_mb`` float32 MiB
+      (0/None: a quarter of the device's free memory), streamed to the device.
+    """
     r, n, c = features.shape
-    if features.is_cuda or not chunk_mb or chunk_mb <= 0:
+    per_region = max(n * c * 4, 1)
+    if device.type != "cuda":
+        if not chunk_mb or chunk_mb <= 0:
+            return r
+        return max(1, min(r, int(chunk_mb * (1 << 20)) // per_region))
+    if features.device == device and features.dtype == torch.float32:
         return r
-    per_region = n * c * features.element_size()
-    return max(1, min(r, int(chunk_mb * (1 << 20)) // max(per_region, 1)))
+    if device_chunk_mb and device_chunk_mb > 0:
+        budget = int(device_chunk_mb * (1 << 20))
+    else:
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 4
+    return max(1, min(r, budget // per_region))
+
+
+def as_compute(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` as contiguous float32 on ``device`` (distances are always float32)."""
+    return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
 
 
 class GreedyKCenter:
     """Seeded greedy k-center selection over ``[R, N, C]`` memories.
 
+    Features may be stored narrower (float16/bfloat16) or elsewhere (pinned host memory)
+    than where the selection runs: each chunk of regions is cast to float32 on the
+    compute device as it is processed, so the working set is one chunk.
+
     Args:
         projection_dim: select on a seeded Gaussian random projection to this many dims
             (PatchCore's speed-up; ``None`` = exact distances).
         chunk_mb: CPU cache budget (MiB) per batched chunk of regions (``None``/0 = all at once).
+        device_chunk_mb: CUDA budget (MiB of float32) per streamed chunk when the features
+            are not float32 on the device (0 = a quarter of the free device memory).
     """
 
-    def __init__(self, projection_dim: int | None = None, chunk_mb: float | None = 8.0) -> None:
+    def __init__(
+        self, projection_dim: int | None = None, chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0
+    ) -> None:
         self.projection_dim = projection_dim
         self.chunk_mb = chunk_mb
+        self.device_chunk_mb = device_chunk_mb
 
     # ------------------------------------------------------------------ public
-    def project(self, features: Tensor, generator: torch.Generator) -> Tensor:
-        """``[R, N, C]`` → ``[R, N, D]`` on a seeded random projection (identity when off)."""
+    def project(self, features: Tensor, generator: torch.Generator, device: torch.device | None = None) -> Tensor:
+        """``[R, N, C]`` → ``[R, N, D]`` float32 on a seeded random projection (identity when off).
+
+        Projected region by region: every region's product has the same shape whatever the
+        subset of regions, so a subset's projection equals the full one's rows bit for bit.
+        """
         c = features.shape[-1]
         if not self.projection_dim or self.projection_dim >= c:
             return features
+        dev = compute_device(features, device)
         matrix = torch.randn(c, self.projection_dim, generator=generator, device="cpu")
-        matrix = (matrix / math.sqrt(self.projection_dim)).to(features)
-        return features @ matrix
+        matrix = (matrix / math.sqrt(self.projection_dim)).to(dev)
+        out = torch.empty(*features.shape[:2], self.projection_dim, device=dev)
+        for region in range(features.shape[0]):
+            torch.matmul(as_compute(features[region], dev), matrix, out=out[region])
+        return out
 
     def select(
         self,
         features: Tensor,
         k: int,
         generator: torch.Generator,
-        regions: slice | None = None,
+        regions: slice | Tensor | None = None,
         total: int | None = None,
+        device: torch.device | str | None = None,
     ) -> KCenterState:
         """Run greedy k-center to ``k`` centres in every memory of ``features [R, N, C]``.
 
-        ``generator`` (a CPU generator) draws the start point of each memory and the
-        projection, so a seed fixes the result. When ``features`` is the block ``regions``
-        of a layer of ``total`` memories, the draws are those of the whole layer, so each
-        memory's run is the one a whole-layer call gives it (memories never interact).
+        ``generator`` (a CPU generator) draws the projection and the start point of each
+        memory, so a seed fixes the result. When ``features`` is the block ``regions`` (a
+        slice, or an index tensor) of a layer of ``total`` memories, the draws are those of
+        the whole layer, so each memory's run is the one a whole-layer call gives it
+        (memories never interact).
+
+        Args:
+            device: where distances are computed (default: the features' device).
         """
         r, n, _ = features.shape
         if not 1 <= k <= n:
             raise ValueError(f"k must be in [1, {n}], got {k}")
-        space = self.project(features, generator)
+        dev = compute_device(features, device)
+        space = self.project(features, generator, dev)
         start = torch.randint(n, (r if total is None else total,), generator=generator)
         if regions is not None:
-            start = start[regions]
+            start = start[regions.cpu() if isinstance(regions, Tensor) else regions]
         if start.shape[0] != r:
             raise ValueError(f"regions {regions} of {total} do not match the {r} memories given")
-        start = start.to(features.device)
-        return self._run(space, k, start=start)
+        return self._run(space, k, start=start.to(dev), device=dev)
 
     def extend(self, state: KCenterState, k: int, rows: Tensor | None = None) -> KCenterState:
         """Continue ``state`` to ``k`` centres: equal to a fresh :meth:`select` to ``k`` with
@@ -139,7 +191,7 @@ class GreedyKCenter:
             raise ValueError(f"k must be in [{state.k}, {n}], got {k}")
         if state.rows is not None:
             raise ValueError("extend a full run (state.rows is None); pass the memories as rows")
-        return self._run(state.space, k, state=state, rows=rows)
+        return self._run(state.space, k, state=state, rows=rows, device=state.selected.device)
 
     # ----------------------------------------------------------------- kernels
     def _run(
@@ -149,26 +201,32 @@ class GreedyKCenter:
         start: Tensor | None = None,
         state: KCenterState | None = None,
         rows: Tensor | None = None,
+        device: torch.device | None = None,
     ) -> KCenterState:
         """Greedy steps for the memories ``rows`` (default all) of ``space [R, N, D]``."""
+        dev = compute_device(space, device)
         n = space.shape[1]
         count = space.shape[0] if rows is None else len(rows)
-        chunk = _default_chunk(space, self.chunk_mb)
-        selected = torch.empty(count, k, dtype=torch.long, device=space.device)
-        nearest = torch.empty(count, n, dtype=space.dtype, device=space.device)
-        assignment = torch.empty(count, n, dtype=torch.long, device=space.device)
+        chunk = region_chunk(space, dev, self.chunk_mb, self.device_chunk_mb)
+        selected = torch.empty(count, k, dtype=torch.long, device=dev)
+        nearest = torch.empty(count, n, dtype=torch.float32, device=dev)
+        assignment = torch.empty(count, n, dtype=torch.long, device=dev)
+        host_rows = None if rows is None else rows.to(space.device)
         for lo in range(0, count, chunk):
             out = slice(lo, min(count, lo + chunk))
-            src = out if rows is None else rows[out]  # a view, or a copy of this chunk only
+            src = out if host_rows is None else host_rows[out]  # a view, or a copy of this chunk only
+            x = as_compute(space[src], dev)
             if state is None:
                 assert start is not None
-                self._chunk(space[src], k, selected[out], nearest[out], assignment[out], start=start[src])
+                self._chunk(x, k, selected[out], nearest[out], assignment[out], start=start[out])
             else:
                 done = state.k
-                selected[out, :done] = state.selected[src]
-                nearest[out] = state.nearest_raw[src]
-                assignment[out] = state.assignment[src]
-                self._chunk(space[src], k, selected[out], nearest[out], assignment[out], done=done)
+                idx = out if rows is None else rows[out].to(dev)
+                selected[out, :done] = state.selected[idx]
+                nearest[out] = state.nearest_raw[idx]
+                assignment[out] = state.assignment[idx]
+                self._chunk(x, k, selected[out], nearest[out], assignment[out], done=done)
+            del x
         return KCenterState(space, selected, nearest, assignment, rows)
 
     @staticmethod
@@ -218,25 +276,45 @@ class GreedyKCenter:
             torch.max(nearest, dim=1, out=(best, pick))
 
 
-def exact_assignment(features: Tensor, selected: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+def exact_assignment(
+    features: Tensor, selected: Tensor, chunk: int = 4096, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """Nearest selected centre of every candidate, in the original feature space.
 
+    Computed region by region and ``chunk`` candidates at a time, in float32 on ``device``:
+    the working set is one ``[chunk, K]`` block, whatever the number of regions or the
+    features' storage dtype (and a region's result never depends on the others).
+
     Args:
-        features: ``[R, N, C]`` candidates.
+        features: ``[R, N, C]`` candidates (any dtype/device).
         selected: ``[R, K]`` indices of the centres.
+        chunk: candidates handled at once.
+        device: where to compute (default: ``selected``'s device).
 
     Returns:
         ``(nearest_sq [R, N], assignment [R, N])`` — squared distance to the nearest centre
         and its position in ``selected``. Used when selection ran on a projection.
     """
     r, n, c = features.shape
-    centres = torch.gather(features, 1, selected.unsqueeze(-1).expand(-1, -1, c))  # [R, K, C]
-    centre_sq = (centres * centres).sum(-1).unsqueeze(1)  # [R, 1, K]
-    nearest = torch.empty(r, n, dtype=features.dtype, device=features.device)
-    assignment = torch.empty(r, n, dtype=torch.long, device=features.device)
-    for lo in range(0, n, chunk):
-        part = features[:, lo : lo + chunk]
-        sq = torch.baddbmm(centre_sq, part, centres.transpose(1, 2), alpha=-2)
-        sq.add_((part * part).sum(-1, keepdim=True))
-        torch.min(sq, dim=2, out=(nearest[:, lo : lo + chunk], assignment[:, lo : lo + chunk]))
+    dev = selected.device if device is None else torch.device(device)
+    nearest = torch.empty(r, n, dtype=torch.float32, device=dev)
+    assignment = torch.empty(r, n, dtype=torch.long, device=dev)
+    for region in range(r):
+        centres = as_compute(features[region].index_select(0, selected[region].to(features.device)), dev)  # [K, C]
+        centre_sq = (centres * centres).sum(-1).unsqueeze(0)  # [1, K]
+        for lo in range(0, n, chunk):
+            part = as_compute(features[region, lo : lo + chunk], dev)
+            sq = torch.addmm(centre_sq, part, centres.t(), alpha=-2)
+            sq.add_((part * part).sum(-1, keepdim=True))
+            torch.min(sq, dim=1, out=(nearest[region, lo : lo + chunk], assignment[region, lo : lo + chunk]))
     return nearest.clamp_(min=0), assignment
+
+
+def mean_sq_norm(features: Tensor, device: torch.device | None = None, chunk: int = 4096) -> Tensor:
+    """``[R]`` mean squared norm of each memory's vectors, in float32, one chunk at a time."""
+    dev = features.device if device is None else torch.device(device)
+    total = torch.zeros(features.shape[0], device=dev)
+    for lo in range(0, features.shape[1], chunk):
+        part = as_compute(features[:, lo : lo + chunk], dev)
+        total += (part * part).sum(-1).sum(-1)
+    return total / max(features.shape[1], 1)

@@ -36,7 +36,7 @@ from fapm.models.features import FeatureExtractor
 from fapm.models.knn import KNNSearch, TorchKNN, exact_distances
 from fapm.models.neighbourhood import BORDERS, NeighbourhoodPlan, exact_distances_at, neighbourhood_search
 from fapm.models.patch_memory import PatchMemory, check_grid, merge_regions, split_regions
-from fapm.models.scoring import ImageScore, ScoreContext, SoftmaxWeightedScore, anomaly_map, fuse_streams
+from fapm.models.scoring import ImageScore, MaxScore, ScoreContext, anomaly_map, fuse_streams
 from fapm.models.streams import FeatureStreams, SeparateLayers
 from fapm.models.support import StreamSearch, support_distances
 from fapm.types import AnomalyOutput
@@ -59,7 +59,7 @@ class MemoryDetector(nn.Module):
         search: factory returning a fresh :class:`KNNSearch` (one per stream).
         k: neighbours per test vector.
         layer_weights: fusion weight per stream (default 1 each).
-        image_score: image-score strategy.
+        image_score: image-score strategy (default: the max score, as model.image_score).
         map_upsample: ``bilinear`` or ``nearest`` resize of the patch map to the input.
         blur_sigma: Gaussian blur of the anomaly map (0 = none).
         neighbourhood: radius in regions: 0 = search region ``i`` only (the paper); ``r`` = the
@@ -68,6 +68,10 @@ class MemoryDetector(nn.Module):
         neighbourhood_border: ``clip`` (the window is cut by the grid) or ``shift`` (moved
             inward: every region searches the same number of memories).
         seed: seed of the coreset's random choices.
+        feature_dtype: storage dtype of the collected training features (``None`` = as
+            extracted; float16/bfloat16 halve the fit's memory, distances stay float32).
+        feature_host: keep the collected features in (pinned) host memory; the coreset
+            streams chunks of regions to the device the backbone runs on.
         aligner: optional test-time alignment (``model.align``, :mod:`fapm.models.alignment`):
             images are registered to the training images' reference and warped before the
             search, their maps warped back; unconfident ones fall back to the neighbourhood
@@ -89,6 +93,8 @@ class MemoryDetector(nn.Module):
         neighbourhood: int = 0,
         neighbourhood_border: str = "clip",
         seed: int = 0,
+        feature_dtype: torch.dtype | None = None,
+        feature_host: bool = False,
         aligner: Aligner | None = None,
     ) -> None:
         super().__init__()
@@ -110,7 +116,7 @@ class MemoryDetector(nn.Module):
         self.layer_weights = list(layer_weights) if layer_weights is not None else [1.0] * n_streams
         if len(self.layer_weights) != n_streams:
             raise ValueError(f"model.layer_weights needs {n_streams} values (one per stream), got {self.layer_weights}")
-        self.image_score = image_score or SoftmaxWeightedScore()
+        self.image_score = image_score or MaxScore()
         self.map_upsample = map_upsample
         self.blur_sigma = float(blur_sigma)
         self.neighbourhood = int(neighbourhood)
@@ -125,7 +131,7 @@ class MemoryDetector(nn.Module):
         self.seed = int(seed)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
-        self.features = FeatureStore(n_streams)
+        self.features = FeatureStore(n_streams, dtype=feature_dtype, host=feature_host)
         self._searches: list[KNNSearch] = []
         self._search_key: tuple | None = None
         self._k_eff = 0
@@ -257,6 +263,7 @@ class MemoryDetector(nn.Module):
         if self.features.empty:
             raise NotFittedError("no training features were collected: is the training set empty?")
         generator = torch.Generator().manual_seed(self.seed)
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
         report = BuildReport(stream_names=list(self.stream_names))
         streams: Iterable[int] = range(len(self.memories))
         if progress is not None:
@@ -267,8 +274,8 @@ class MemoryDetector(nn.Module):
             if world()[1] == 1:
                 candidates = self.features.take(i)
                 report.candidates.append(candidates.shape[1])
-                result = self.coreset(candidates, generator)
-                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged)
+                result = self.coreset(candidates, generator, device=device)
+                memory.set(candidates, result.indices, result.lengths, result.d_max, result.enlarged, device=device)
                 del candidates
             else:
                 self._build_sharded(memory, self.features.take(i), generator, report)
@@ -282,6 +289,7 @@ class MemoryDetector(nn.Module):
             report.alignment = self._build_alignment()
         self.last_build = report
         self._search_key = None
+        self._warn_small_k()
         return report
 
     def _build_alignment(self) -> dict[str, Any]:
@@ -342,12 +350,16 @@ class MemoryDetector(nn.Module):
         assert mine is not None
         lo, hi = shard_bounds(regions, rank, size)
         report.candidates.append(mine.shape[1])
-        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions)
-        enlarged = self.coreset.decide(all_gather_rows(first.d_max))
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
+        first = self.coreset.first_pass(mine, generator, regions=slice(lo, hi), total=regions, device=device)
+        sq_radius = None if first.sq_radius is None else all_gather_rows(first.sq_radius.float())
+        enlarged = self.coreset.decide(all_gather_rows(first.d_max), sq_radius)
         result = self.coreset.finish(first, enlarged[lo:hi])
         c = mine.shape[-1]
-        vectors = torch.gather(mine, 1, result.indices.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
-        vectors[result.indices < 0] = 0
+        index = result.indices.to(mine.device)
+        vectors = torch.gather(mine, 1, index.clamp_min(0).unsqueeze(-1).expand(-1, -1, c))
+        vectors = vectors.to(device=device, dtype=torch.float32)  # features may be stored narrower / on the host
+        vectors[index.to(device) < 0] = 0
         del mine, first
         # pad every block to the layer's longest memory, then concatenate the blocks in rank order
         longest = max(all_gather_sizes(vectors.shape[1]))
@@ -356,6 +368,18 @@ class MemoryDetector(nn.Module):
             all_gather_rows(vectors), all_gather_rows(result.lengths.to(torch.long)),
             all_gather_rows(result.d_max.float()), enlarged,
         )
+
+    def _warn_small_k(self) -> None:
+        """Say so when the image score cannot work as configured with the memory built."""
+        needed = int(getattr(self.image_score, "min_k", 1))
+        k_eff = self.effective_k()
+        if k_eff < needed:
+            warnings.warn(
+                f"image score {type(self.image_score).__name__} needs k >= {needed} neighbours but the effective k is "
+                f"{k_eff} (model.k={self.k}, smallest region memory {k_eff} vectors: too few training images or "
+                "a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
+                stacklevel=3,
+            )
 
     # ---------------------------------------------------------------- scoring
     def _ensure_search(self) -> None:

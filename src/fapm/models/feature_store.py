@@ -7,10 +7,16 @@ knows its dataset), they are written straight into one preallocated buffer per s
 so the fit holds the training features once: no per-batch pieces and no concatenation
 (about half the peak memory). More images than expected still work: the surplus is kept
 in pieces and concatenated when taken, freeing each piece as it is copied.
+
+Bounded memory: the store may keep the features in a narrower ``dtype`` (float16 /
+bfloat16 halve the fit's largest allocation; the coreset casts each chunk back to float32
+before computing distances) and on the ``host`` instead of the trainer's device (pinned
+under CUDA, so the coreset streams chunks of regions to the GPU asynchronously).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -36,11 +42,31 @@ class FeatureStore:
 
     Args:
         streams: number of feature streams (one buffer each).
+        dtype: storage dtype of the features (``None``: as they arrive).
+        host: keep the features in host memory (pinned when CUDA is available).
     """
 
-    def __init__(self, streams: int) -> None:
+    def __init__(self, streams: int, dtype: torch.dtype | None = None, host: bool = False) -> None:
         self.streams = int(streams)
+        self.dtype = dtype
+        self.host = bool(host)
         self.reset()
+
+    def _stored(self, regions: Tensor) -> Tensor:
+        """``regions`` in the storage dtype and place (a no-op when both already match)."""
+        dtype = self.dtype or regions.dtype
+        if self.host and regions.device.type != "cpu":
+            # non_blocking into pinned memory: the copy overlaps the next batch's extraction
+            out = torch.empty(regions.shape, dtype=dtype, pin_memory=True)
+            out.copy_(regions, non_blocking=True)
+            return out
+        return regions.to(dtype=dtype)
+
+    def _empty(self, like: Tensor, r: int, n: int, c: int) -> Tensor:
+        dtype = self.dtype or like.dtype
+        if self.host:
+            return torch.empty(r, n, c, dtype=dtype, pin_memory=torch.cuda.is_available())
+        return like.new_empty(r, n, c, dtype=dtype)
 
     def reset(self, expected_images: int | None = None) -> None:
         """Forget everything; ``expected_images`` (when known) sizes one buffer per stream."""
@@ -59,17 +85,20 @@ class FeatureStore:
         count = regions.shape[1]
         if self._expected is not None and self._reserved[stream] is None and not self._pieces[stream]:
             r, _, c = regions.shape
-            self._reserved[stream] = regions.new_empty(r, self._expected * (count // images), c)
+            self._reserved[stream] = self._empty(regions, r, self._expected * (count // images), c)
         buffer = self._reserved[stream]
         # once a batch overflowed, later ones follow it, so the training order is kept
         if buffer is not None and not self._pieces[stream] and self._filled[stream] + count <= buffer.shape[1]:
-            buffer[:, self._filled[stream] : self._filled[stream] + count] = regions
+            # copy_ casts to the storage dtype and moves to the host in one pass
+            buffer[:, self._filled[stream] : self._filled[stream] + count].copy_(regions, non_blocking=True)
             self._filled[stream] += count
         else:
-            self._pieces[stream].append(regions)
+            self._pieces[stream].append(self._stored(regions))
 
     def take(self, stream: int) -> Tensor:
         """Stream ``stream``'s features ``[R, N, C]`` in training order; the store lets go of them."""
+        if self.host and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non_blocking device-to-host copies have landed
         parts = self._pieces[stream]
         buffer, filled = self._reserved[stream], self._filled[stream]
         self._pieces[stream], self._reserved[stream], self._filled[stream] = [], None, 0

