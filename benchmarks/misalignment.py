@@ -91,8 +91,8 @@ def moved(images: torch.Tensor, masks: torch.Tensor, condition: tuple[float, flo
     for i in range(images.shape[0]):
         rng = np.random.default_rng([seed, first + i])
         phi = rng.uniform(0, 2 * math.pi)
-        angle = rot * rng.choice([-1, 1])
-        s = 1 + scale * rng.choice([-1, 1])
+        angle = float(rot * rng.choice([-1, 1]))
+        s = float(1 + scale * rng.choice([-1, 1]))
         side = images.shape[-1]
         th = similarity_theta(torch.tensor([math.radians(angle)]), torch.tensor([s]), torch.zeros(1, 2))
         th[:, 0, 2], th[:, 1, 2] = shift * math.cos(phi) * 2 / side, shift * math.sin(phi) * 2 / side
@@ -121,6 +121,25 @@ def border_bias(det: Any, streams: list[torch.Tensor], radius: int, border: str)
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
     det.neighbourhood_border = "clip"
     return float(regions[edge].mean() / regions[~edge].mean())
+
+
+def alignment_overhead_ms(aligner: Any, images: torch.Tensor, grid: tuple[int, int], repeats: int = 5) -> float:
+    """Median ms per image of what alignment adds to a pass: registration, the image's warp, the
+    in-frame mask and the map's warp back (the search itself is plain FAPM's)."""
+    from fapm.models.detector import MemoryDetector
+
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    maps = torch.rand(images.shape[0], *size)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            est = aligner.estimate(images)
+            warp(images, est.theta)
+            MemoryDetector._inside_frame(est.theta, size, grid)
+            warp(maps.unsqueeze(1), invert_theta(est.theta))
+            times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times)) / images.shape[0], 2)
 
 
 def line_plot(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str) -> None:
@@ -172,6 +191,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only time what alignment adds per image (reference: mean training thumbnail)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     conditions = [c for c in args.conditions.split(",") if c]
@@ -204,6 +225,21 @@ def main() -> None:
     test_masks = torch.stack([t["mask"][0] for t in test]).float()
     test_labels = torch.tensor([int(t["label"]) for t in test])
     test_types = [t["defect_type"] for t in test]
+
+    if args.overhead_only:
+        from fapm.models.alignment import Aligner, grey_thumbnails
+
+        train = torch.stack([train_ds[int(i)]["image"] for i in train_idx[:32]])
+        images = moved(test_images[: args.batch], test_masks[: args.batch], CONDITIONS["shift16+rot10"], args.seed, 0,
+                       crop)[0]
+        grid = tuple(run.model.grid)
+        out = {}
+        for mode in ("translation", "similarity"):
+            aligner = Aligner(mode, run.model.align_resolution)
+            aligner.reference.copy_(grey_thumbnails(train, aligner.resolution).mean(0))
+            out[mode] = alignment_overhead_ms(aligner, images, grid)
+        print(json.dumps({"alignment_overhead_ms_per_image": out, "batch": args.batch, "load_avg": os.getloadavg()}))
+        return
 
     # ---- fit A and E once, on one backbone
     extractor = build_extractor(run.backbone).eval()
@@ -319,6 +355,9 @@ def main() -> None:
         for m in methods:
             print(f"  {m:16s} {results[cname][m]}")
 
+    overhead = {mode: alignment_overhead_ms(det.aligner, moved(test_images[: args.batch], test_masks[: args.batch],
+                                                                 CONDITIONS["shift16+rot10"], args.seed, 0, crop)[0],
+                                            fapm.grid) for mode, det in aligned_dets.items()}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
@@ -331,7 +370,7 @@ def main() -> None:
                      "weights": str(extractor.weight_source)},
         "conditions": {c: dict(zip(("shift_px", "rotation_deg", "scale"), CONDITIONS[c])) for c in conditions},
         "training_alignment": summary, "auto": {"choice": auto_choice, "radius": auto_radius, "reason": auto_reason},
-        "border_bias": bias, "results": results,
+        "border_bias": bias, "alignment_overhead_ms_per_image": overhead, "results": results,
     }
     stem = out_dir / f"misalignment_{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -364,7 +403,9 @@ def markdown(report: dict[str, Any]) -> str:
                                                    for c in conditions) + " |")
         lines.append("")
     lines += [f"training-image alignment: {report['training_alignment']}", "",
-              f"align: auto → {report['auto']}", "", f"border bias (border / interior mean normal distance): "
+              f"align: auto → {report['auto']}", "",
+              f"alignment overhead (registration + warps, ms/img): {report.get('alignment_overhead_ms_per_image')}", "",
+              f"border bias (border / interior mean normal distance): "
               f"{report['border_bias']}", ""]
     return "\n".join(lines)
 

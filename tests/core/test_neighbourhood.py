@@ -158,3 +158,22 @@ def test_no_union_is_materialised() -> None:
     assert vectors.data_ptr() == mem.memory.data_ptr()
     with pytest.raises(ValueError, match="neighbourhood_border"):
         window_table((3, 3), 1, "wrap")
+
+
+def test_faiss_backend_searches_windows_in_place_too() -> None:
+    """The stacked-query search needs nothing of the backend but the KNNSearch interface."""
+    pytest.importorskip("faiss")
+    from fapm.models.knn import FaissKNN
+
+    grid = (4, 4)
+    mem = memory_of(grid, k_max=8, seed=7)
+    queries = torch.randn(16, 6, 5, generator=torch.Generator().manual_seed(8))
+    plan = NeighbourhoodPlan.build(grid, 1, "clip")
+    vectors, norms = mem.searchable()
+    faiss_search = FaissKNN()
+    faiss_search.fit(vectors, norms)
+    _, i_faiss = neighbourhood_search(faiss_search, queries, 3, plan, vectors.shape[1])
+    _, i_torch = search_new(mem, queries, 3, plan)
+    d_old, i_old = search_old(mem, queries, 3, plan.table)
+    assert torch.equal(i_faiss.sort(-1).values, i_old.sort(-1).values)
+    assert torch.equal(i_torch, i_old)

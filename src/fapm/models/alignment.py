@@ -184,6 +184,7 @@ def estimate(
     input_size: tuple[int, int],
     angles: int = 360,
     max_scale: float = 1.5,
+    reference_cache: dict[str, Tensor] | None = None,
 ) -> Estimate:
     """Register ``thumbs [B, s, s]`` (raw grey thumbnails) to ``reference [s, s]`` (raw grey).
 
@@ -192,15 +193,22 @@ def estimate(
         input_size: ``(H, W)`` of the images the thumbnails came from (for pixel shifts).
         angles: angular samples of the log-polar spectrum over 180°.
         max_scale: scale estimates beyond ``[1/max_scale, max_scale]`` are clamped.
+        reference_cache: a dict kept by the caller: the reference's prepared thumbnail and
+            log-polar spectrum are computed once into it (the reference must not change).
     """
     b, s, _ = thumbs.shape
-    prepared, ref = _prepare(thumbs), _prepare(reference.unsqueeze(0))[0]
+    cache = reference_cache if reference_cache is not None else {}
+    if "prepared" not in cache:
+        cache["prepared"] = _prepare(reference.unsqueeze(0))[0]
+    prepared, ref = _prepare(thumbs), cache["prepared"]
     angle = torch.zeros(b, device=thumbs.device)
     scale = torch.ones(b, device=thumbs.device)
     if similarity:
         radii = s
         lp, step = log_polar_spectrum(prepared, angles, radii)
-        lp_ref, _ = log_polar_spectrum(ref.unsqueeze(0), angles, radii)
+        if "log_polar" not in cache:
+            cache["log_polar"] = log_polar_spectrum(ref.unsqueeze(0), angles, radii)[0]
+        lp_ref = cache["log_polar"]
         lp_win = torch.hann_window(radii, periodic=False, device=thumbs.device).view(1, 1, -1)
         lp_shift, _ = phase_correlation(lp * lp_win, (lp_ref * lp_win)[0])  # (angle, log-radius) samples
         da, dr = lp_shift[:, 0], lp_shift[:, 1]
@@ -334,7 +342,12 @@ class Aligner(nn.Module):
         if self.resolved == "similarity" and h != w:
             raise ValueError(f"model.align=similarity needs square inputs, got {h}x{w}")
         thumbs = grey_thumbnails(images, self.resolution)
-        return estimate(thumbs, self.reference.to(thumbs.device), self.resolved == "similarity", (h, w))
+        key = (self.reference.data_ptr(), self.reference._version, str(thumbs.device))
+        if getattr(self, "_cache_key", None) != key:  # the reference changed (fit, load, move)
+            self._cache: dict[str, Tensor] = {}
+            self._cache_key = key
+        return estimate(thumbs, self.reference.to(thumbs.device), self.resolved == "similarity", (h, w),
+                        reference_cache=self._cache)
 
 
 def decide(summary: dict[str, Any], mode: str, min_confidence: float, region_px: float) -> tuple[str, int, str]:
