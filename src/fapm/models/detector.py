@@ -322,7 +322,8 @@ class MemoryDetector(nn.Module):
             aligner.radius.fill_(radius if choice == "neighbourhood" else aligner.fallback_radius)
             summary["mode"] = aligner.mode
             summary["choice"] = choice
-        log.info("alignment of the training images: %s", summary)
+        # the Lightning module logs the one-line summary; the full record is for scripts using the detector alone
+        log.debug("alignment of the training images: %s", summary)
         return summary
 
     def _build_sharded(
