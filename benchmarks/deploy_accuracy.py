@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"backbone": args.backbone, "train_images": len(train), "test_images": len(test),
                     "seed": args.seed, "calibration_images": args.calibration, "rows": {},
                     "fit_s": time.perf_counter() - start, "memory_vectors": det.memory_vectors()}
-    work = Path(args.out).with_suffix("") if args.out else REPO / "logs" / "deploy_accuracy"
+    # exported graphs are work files: under logs/ (ignored by git), never beside the JSON results
+    work = REPO / "logs" / "deploy_accuracy" / (Path(args.out).stem if args.out else args.backbone)
     work.mkdir(parents=True, exist_ok=True)
 
     def row(name: str, scorer, extra: dict | None = None) -> None:
