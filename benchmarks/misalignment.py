@@ -1,6 +1,6 @@
 """Misaligned parts: how far FAPM's per-region assumption breaks, and what holds it.
 
-    python benchmarks/misalignment.py [--root DIR --category NAME] [--backbone resnet18] [--pretrained false]
+    python benchmarks/misalignment.py [--root DIR --category NAME] [--backbone efficientnet_lite0] [--pretrained false]
         [--max-train N] [--max-test N] [--conditions aligned,shift16,...] [--tag NAME] [--out DIR]
 
 Takes an aligned category (default: the generated demo's ``bracket`` object; any MVTec-layout
@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="MVTec-layout root (default: the generated demo)")
     parser.add_argument("--category", default="bracket")
-    parser.add_argument("--backbone", default="resnet18", help="backbone config name")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone config name (default: the packaged ImageNet Lite0)")
     parser.add_argument("--pretrained", default="false")
     parser.add_argument("--max-train", type=int, default=None, help="seeded random subset of the training images")
     parser.add_argument("--max-test", type=int, default=None, help="seeded random subset of the test images")

@@ -142,6 +142,24 @@ def test_alignment_undoes_a_shift_and_keeps_the_map_in_input_coordinates(parts) 
     assert a.anomaly_maps.shape == shifted.shape[:1] + shifted.shape[-2:]
 
 
+def test_the_map_keeps_the_border_cells_that_the_image_score_leaves_out(parts) -> None:
+    """Cells whose features see beyond the frame after the warp are left out of the image score
+    only: a defect in that band still shows in the map (zeroing them there hid edge defects)."""
+    det = fitted("translation", parts)
+    shifted, _ = moved(parts[:1], 8.0, 8.0)  # registered back by (-8, -8): the right/bottom cells see past the frame
+    defect = shifted.clone()
+    defect[..., 24:32, 50:58] = 3.0  # inside the input, in the band the frame mask drops
+    with torch.no_grad():
+        est = det.aligner.estimate(torch.cat([shifted, defect]))
+        out = det.score_images(torch.cat([shifted, defect]), theta=est.theta)
+        fused_inside = det._inside_frame(est.theta[:1], (64, 64), (8, 8))
+    assert float(fused_inside[0, 0, 2, 5:7].max()) == 0.0  # the defect's cells are left out of the image score
+    normal_map, defect_map = out.anomaly_maps
+    band = (slice(24, 32), slice(50, 58))
+    assert float(defect_map[band].mean()) > 1.5 * float(normal_map[band].mean())
+    assert float(normal_map.min()) > 0.2 * float(normal_map.median())  # no zeroed band along the edges
+
+
 def test_auto_chooses_by_the_training_images(parts) -> None:
     det = fitted("auto", parts)
     summary = det.last_build.alignment

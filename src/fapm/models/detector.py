@@ -465,20 +465,25 @@ class MemoryDetector(nn.Module):
         """Score ``images [B, 3, H, W]`` searching windows of ``radius``.
 
         ``theta [B, 2, 3]``: the images are warped by it first (:mod:`fapm.models.alignment`);
-        positions whose features see beyond the input's frame (filled by the warp) are
-        left out of the image score and the map, which is warped back to the input's frame.
+        positions whose features see beyond the input's frame (filled by the warp) are left out
+        of the image score. The map keeps them and is warped back to the input's frame.
         """
         size = tuple(images.shape[-2:])
         if theta is not None:
             images = warp(images, theta.to(images))
         results = self.nearest(self.extract(images), radius=radius)
         fused = self.fuse(results, images.shape[0])
-        if theta is not None:
-            fused = fused * self._inside_frame(theta.to(fused), size, tuple(fused.shape[-2:]))
         maps = self.to_map(fused, size)
-        if theta is not None:
-            maps = warp(maps.unsqueeze(1), invert_theta(theta.to(maps))).squeeze(1)
-        return AnomalyOutput(self.score(fused, results, radius), maps)
+        if theta is None:
+            return AnomalyOutput(self.score(fused, results, radius), maps)
+        # Only the image score drops the cells outside the frame: their edge-replicated content
+        # would otherwise decide the max. The map must not: the input's pixels that the warp moved
+        # out of the reference frame take their values from its edge on the way back, and zeros there
+        # (the earlier behaviour) hid defects near the border (demo, Lite0, 16 px + 10°: pixel
+        # AUROC 87.4 with zeros, 98.8 without; `benchmarks/misalignment.py`).
+        inside = self._inside_frame(theta.to(fused), size, tuple(fused.shape[-2:]))
+        maps = warp(maps.unsqueeze(1), invert_theta(theta.to(maps))).squeeze(1)
+        return AnomalyOutput(self.score(fused * inside, results, radius), maps)
 
     @staticmethod
     def _inside_frame(theta: Tensor, size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
