@@ -73,6 +73,22 @@ def test_rotation_recovered_within_one_degree(angle, scale, dy, dx) -> None:
     assert float(((est.theta - theta) @ points).abs().max() * SIDE / 2) < 1.5
 
 
+def test_translation_warps_by_whole_pixels_so_thin_lines_stay_sharp() -> None:
+    base = scene(3)
+    image, _ = moved(base, 3.4, -5.3)  # a fractional shift
+    image[..., 60:100, 64] = 2.0  # a one-pixel-wide scratch
+    est = estimate(grey_thumbnails(image, 64), grey_thumbnails(base, 64)[0], False, (SIDE, SIDE))
+    shift_px = est.theta[0, :, 2] * SIDE / 2  # (x, y) in input pixels
+    assert torch.equal(shift_px, shift_px.round())
+    assert float((shift_px - torch.tensor([-5.3, 3.4])).abs().max()) <= 1.0
+    dx, dy = (int(v) for v in shift_px.round().tolist())
+    out = warp(image, est.theta)
+    # an exact copy of the input moved by whole pixels: the scratch keeps its value and width
+    inner = out[..., 20:108, 20:108]
+    copied = image[..., 20 + dy : 108 + dy, 20 + dx : 108 + dx]
+    assert torch.allclose(inner, copied, atol=1e-5)
+
+
 def test_warp_then_unwarp_is_the_identity_away_from_borders() -> None:
     g = torch.Generator().manual_seed(2)
     # an anomaly-map-like field: coarse values, resized and blurred with sigma 4 (as the detector's maps)
@@ -148,14 +164,14 @@ def test_the_map_keeps_the_border_cells_that_the_image_score_leaves_out(parts) -
     det = fitted("translation", parts)
     shifted, _ = moved(parts[:1], 8.0, 8.0)  # registered back by (-8, -8): the right/bottom cells see past the frame
     defect = shifted.clone()
-    defect[..., 24:32, 50:58] = 3.0  # inside the input, in the band the frame mask drops
+    defect[..., 24:32, 56:62] = 3.0  # inside the input, in the band the frame mask drops
     with torch.no_grad():
         est = det.aligner.estimate(torch.cat([shifted, defect]))
         out = det.score_images(torch.cat([shifted, defect]), theta=est.theta)
         fused_inside = det._inside_frame(est.theta[:1], (64, 64), (8, 8))
-    assert float(fused_inside[0, 0, 2, 5:7].max()) == 0.0  # the defect's cells are left out of the image score
+    assert float(fused_inside[0, 0, 2:4, 6].max()) == 0.0  # the defect's cells are left out of the image score
     normal_map, defect_map = out.anomaly_maps
-    band = (slice(24, 32), slice(50, 58))
+    band = (slice(24, 32), slice(56, 62))
     assert float(defect_map[band].mean()) > 1.5 * float(normal_map[band].mean())
     assert float(normal_map.min()) > 0.2 * float(normal_map.median())  # no zeroed band along the edges
 
