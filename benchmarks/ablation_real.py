@@ -41,7 +41,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from real_data import shared_paths, subset_root  # benchmarks/real_data.py
 
-from fapm.builders import build_extractor, build_memory_detector
+from fapm.builders import build_extractor, build_memory_detector, build_search
 from fapm.data import MVTecDataModule
 from fapm.metrics import AnomalyMetrics, names
 from fapm.pipeline.common import validated_settings
@@ -92,11 +92,14 @@ def extract(extractor: torch.nn.Module, loader: Any) -> tuple[dict[str, torch.Te
 
 @torch.inference_mode()
 def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, test_info, size,
-                     train_seconds: float = 0.0, scores: list[str | None] = (None,)) -> dict[str | None, dict[str, Any]]:
+                     train_seconds: float = 0.0, scores: list[str | None] = (None,),
+                     searches: list[str | None] = (None,)) -> dict[tuple[str | None, str | None], dict[str, Any]]:
     """Build one variant on the extracted features and score the test set with each image score
-    in ``scores`` (``None`` = the variant's own); one memory and one set of maps serve them all."""
-    from fapm.models.scoring import make_image_score
-
+    in ``scores`` and each k-NN index in ``searches`` (``conf/model/search/`` names; ``None`` =
+    the variant's own); one memory serves them all, one set of maps per search. Keys of the
+    result: ``(score, search)``. A search other than the first also reports ``top1_equal``: the
+    share of test positions whose nearest distance equals the first search's (recall@1 when the
+    first is exact)."""
     settings = validated_settings(compose_cfg(overrides), groups=("model", "backbone", "data", "thresholds"))
     det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
     n = len(next(iter(train_feats.values())))
@@ -105,10 +108,39 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
     start = time.perf_counter()
     det.build()
     build_s = time.perf_counter() - start
+    out: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    reference: list[torch.Tensor] | None = None
+    for search in searches:
+        if search is not None:
+            chosen = validated_settings(compose_cfg([*overrides, f"model/search={search}"]),
+                                        groups=("model", "backbone", "data", "thresholds"))
+            det.search_factory = build_search(chosen.model.search)
+            det._search_key = None  # refit the per-region searches on the same memory
+        t = time.perf_counter()
+        rows, nearest = score_test_set(det, settings, test_feats, test_info, size, scores)
+        fit_search_s = time.perf_counter() - t
+        for score, row in rows.items():
+            row.update(build_s=build_s, fit_s=train_seconds + build_s, search=search or settings.model.search.backend)
+            if reference is not None:
+                same = sum(int(torch.isclose(a, b, rtol=1e-5, atol=1e-6).sum()) for a, b in zip(nearest, reference))
+                row["top1_equal"] = same / sum(r.numel() for r in reference)
+            row["search_pass_s"] = fit_search_s
+            out[(score, search)] = row
+        reference = reference or nearest
+    return out
+
+
+@torch.inference_mode()
+def score_test_set(det, settings, test_feats, test_info, size, scores) -> tuple[dict[str | None, dict[str, Any]], list[torch.Tensor]]:
+    """Score the test set with ``det`` for each image score in ``scores``; also returns the
+    nearest fused distance of every test position (``[B, H, W]`` per batch)."""
+    from fapm.models.scoring import make_image_score
+
     kinds = [settings.model.image_score if s is None else s for s in scores]
     strategies = [make_image_score(kind, settings.model.num_neighbors) for kind in kinds]
     metrics = [AnomalyMetrics() for _ in kinds]
     m = len(test_info["label"])
+    nearest: list[torch.Tensor] = []
     search_s = score_s = 0.0
     for lo in range(0, m, 8):
         part = {k: v[lo : lo + 8] for k, v in test_feats.items()}
@@ -116,10 +148,10 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
         results = det.nearest(det.streams(part))
         search_s += time.perf_counter() - t
         fused = det.fuse(results, len(part[next(iter(part))]))
+        nearest.append(fused[:, 0].clone())
         maps = det.to_map(fused, size)
         for i, (strategy, metric) in enumerate(zip(strategies, metrics)):
             det.image_score = strategy
-            t1 = time.perf_counter()
             image_scores = det.score(fused, results)
             if i == 0:
                 score_s += time.perf_counter() - t
@@ -138,14 +170,14 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
         out[score] = {
             names.IMAGE_AUROC: res[names.IMAGE_AUROC], names.IMAGE_F1_MAX: res[names.IMAGE_F1_MAX], **pixel,
             "image_auroc_per_type": per_type, "memory_vectors": det.memory_vectors(), "image_score": kind,
-            "build_s": build_s, "fit_s": train_seconds + build_s, "search_ms_per_image": 1000 * search_s / m,
+            "search_ms_per_image": 1000 * search_s / m,
             "img_per_s": m / (test_info["seconds"] + score_s),
             "enlarged": {s: int(mem.enlarged.sum()) for s, mem in zip(det.stream_names, det.memories)},
             "regions": {s: mem.num_regions for s, mem in zip(det.stream_names, det.memories)},
             "d_max_range": {s: [round(float(mem.d_max.min()), 4), round(float(mem.d_max.max()), 4)]
                             for s, mem in zip(det.stream_names, det.memories)},
         }
-    return out
+    return out, nearest
 
 
 @torch.inference_mode()
@@ -191,14 +223,15 @@ def fmt(value: float) -> str:
 def table(rows: dict[str, dict[str, Any]], title: str) -> str:
     types = sorted({t for r in rows.values() for t in r.get("image_auroc_per_type", {})})
     lines = [f"**{title}**", "", "| variant | image AUROC | pixel AUROC | AUPRO | image F1-max | pixel F1-max | "
-             + "".join(f"{t} | " for t in types) + "memory vectors | enlarged regions | fit s | img/s |",
-             "|---|" + "---:|" * (5 + len(types)) + "---:|---|---:|---:|"]
+             + "".join(f"{t} | " for t in types) + "memory vectors | enlarged regions | fit s | img/s | search ms/img | top-1 equal |",
+             "|---|" + "---:|" * (5 + len(types)) + "---:|---|---:|---:|---:|---:|"]
     for name, r in rows.items():
         enl = ", ".join(f"{k} {v}/{r['regions'][k]}" for k, v in r["enlarged"].items())
         per = "".join(f"{fmt(r['image_auroc_per_type'].get(t, float('nan')))} | " for t in types)
         lines.append(f"| {name} | {fmt(r[names.IMAGE_AUROC])} | {fmt(r[names.PIXEL_AUROC])} | "
                      f"{fmt(r[names.PIXEL_AUPRO])} | {fmt(r[names.IMAGE_F1_MAX])} | {fmt(r[names.PIXEL_F1_MAX])} | "
-                     f"{per}{r['memory_vectors']:,} | {enl} | {r['fit_s']:.1f} | {r['img_per_s']:.1f} |")
+                     f"{per}{r['memory_vectors']:,} | {enl} | {r['fit_s']:.1f} | {r['img_per_s']:.1f} | "
+                     f"{r['search_ms_per_image']:.1f} | {fmt(r['top1_equal']) if 'top1_equal' in r else ''} |")
     lines.append("")
     lines.append("Per-type columns: image AUROC of that defect type against the good test images.")
     return "\n".join(lines)
@@ -217,6 +250,8 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     p.add_argument("--scores", default=None, help="comma-separated image scores to run every variant with "
                    "(softmax,max,patchcore); default: the experiment's")
+    p.add_argument("--searches", default=None, help="comma-separated k-NN indexes (conf/model/search/: torch,"
+                   "ivf_flat,...) to score every variant with, on the same memory; default: the variant's own")
     p.add_argument("--skip-adaptive", action="store_true")
     p.add_argument("--skip-relation", action="store_true")
     p.add_argument("--out", default=None)
@@ -241,6 +276,7 @@ def main() -> None:
         category = args.category
     variants = {k: VARIANTS[k] for k in args.variants.split(",")}
     scores = args.scores.split(",") if args.scores else [None]
+    searches = args.searches.split(",") if args.searches else [None]
     report: dict[str, Any] = {"data": args.data, "category": category, "max_train": args.max_train, "backbones": {},
                               "command": " ".join(sys.argv), "threads": torch.get_num_threads()}
     for label, bb_over in runs:
@@ -264,9 +300,10 @@ def main() -> None:
         for name, over in variants.items():
             print(f"[ablation] {label}: {name} …", file=sys.stderr, flush=True)
             rows = evaluate_variant(bb_over + over, extractor, train_feats, test_feats, test_info, size,
-                                    train_info["seconds"], scores)
-            for score, row in rows.items():
-                entry["variants"][name if score is None else f"{name}, {score}"] = row
+                                    train_info["seconds"], scores, searches)
+            for (score, search), row in rows.items():
+                label_ = ", ".join([name, *([score] if score else []), *([f"search {search}"] if search else [])])
+                entry["variants"][label_] = row
             if args.out:  # keep what is measured if a later variant is interrupted
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(report, indent=2))
@@ -274,7 +311,7 @@ def main() -> None:
             for name, over in ADAPTIVE.items():
                 print(f"[ablation] {label}: {name} …", file=sys.stderr, flush=True)
                 entry["adaptive"][name] = evaluate_variant(bb_over + over, extractor, train_feats, test_feats,
-                                                           test_info, size, train_info["seconds"])[None]
+                                                           test_info, size, train_info["seconds"])[(None, None)]
         if not args.skip_relation:
             entry["layerwise_vs_concat"] = layerwise_relation(train_feats, test_feats, test_info)
         head = (f"{args.data} / {category}, backbone {label} ({entry['weights']}, layers {entry['layers']}), "
