@@ -114,8 +114,7 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
         if search is not None:
             chosen = validated_settings(compose_cfg([*overrides, f"model/search={search}"]),
                                         groups=("model", "backbone", "data", "thresholds"))
-            det.search_factory = build_search(chosen.model.search)
-            det._search_key = None  # refit the per-region searches on the same memory
+            det.use_search(build_search(chosen.model.search))
         t = time.perf_counter()
         rows, nearest = score_test_set(det, settings, test_feats, test_info, size, scores)
         fit_search_s = time.perf_counter() - t

@@ -129,6 +129,26 @@ def test_detector_with_ivf_scores_like_exact(tmp_path) -> None:
     assert torch.allclose(scores["torch"].anomaly_maps, scores["flat"].anomaly_maps, rtol=1e-5, atol=1e-5)
 
 
+def test_use_search_refits_the_same_memory_under_another_index(tmp_path) -> None:
+    g = torch.Generator().manual_seed(1)
+    train, test = torch.randn(6, 3, 112, 112, generator=g), torch.randn(2, 3, 112, 112, generator=g)
+    cfg = compose_config("train", ["model=fapm", "backbone=resnet18", "backbone.pretrained=false"], tmp_path)
+    s = validated_settings(cfg)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        det = build_memory_detector(s.model, s.backbone, s.seed)
+    det.collect(train)
+    det.build()
+    exact = det(test)
+    assert all(isinstance(search, TorchKNN) for search in det._searches)
+    flat = validated_settings(compose_config("train", ["model=fapm", "model/search=flat"], tmp_path)).model.search
+    det.use_search(build_search(flat))
+    served = det(test)
+    # the indexes were rebuilt from the new factory on the unchanged memory
+    assert det._searches and all(isinstance(search, FaissKNN) for search in det._searches)
+    assert torch.allclose(served.image_scores, exact.image_scores, rtol=1e-5)
+    assert torch.allclose(served.anomaly_maps, exact.anomaly_maps, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FAISS GPU path: needs CUDA and faiss-gpu")
 def test_gpu_flat_stays_on_device_and_shares_resources() -> None:  # pragma: no cover - CUDA only
     from fapm.models import knn

@@ -383,6 +383,12 @@ class MemoryDetector(nn.Module):
             )
 
     # ---------------------------------------------------------------- scoring
+    def use_search(self, factory: Callable[[], KNNSearch]) -> None:
+        """Serve later searches with fresh indexes from ``factory`` (e.g. :func:`fapm.builders.build_search`),
+        fitted on the stored memory at the next call: one memory, compared under several indexes."""
+        self.search_factory = factory
+        self._search_key = None
+
     def _ensure_search(self) -> None:
         if not self.fitted:
             raise NotFittedError("the memory is empty: fit the detector or load a model file first")
