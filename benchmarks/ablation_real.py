@@ -70,6 +70,57 @@ def compose_cfg(overrides: list[str]):
         return compose("train", overrides=["paths.output_dir=/tmp", "experiment=ablation", *overrides])
 
 
+def settings_for(overrides: list[str]):
+    """The validated settings of ``experiment=ablation`` with ``overrides``."""
+    return validated_settings(compose_cfg(overrides), groups=("model", "backbone", "data", "thresholds"))
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The dataset options shared by the real-data benchmarks."""
+    p.add_argument("--data", choices=["demo", "mtd"], default="mtd")
+    p.add_argument("--category", default="bracket", help="demo category (--data demo)")
+    p.add_argument("--shared", default=os.environ.get("FAPM_SHARED", str(REPO.parent / "shared")))
+    p.add_argument("--max-train", type=int, default=200, help="training images (seeded subset); 0 = all")
+
+
+def dataset(args: argparse.Namespace) -> tuple[Path, str, Path | None]:
+    """``(root, category, CRAFT VGG weights file or None)`` for ``--data`` / ``--max-train``."""
+    if args.data == "mtd":
+        data_root, vgg_weights = shared_paths(Path(args.shared))
+        root, _ = subset_root(data_root, REPO / "data" / f"mtd_subset_{args.max_train}", args.max_train or None, 0)
+        return root, "magnetic_tile", vgg_weights
+    from fapm.data.demo import generate_demo
+
+    return generate_demo(REPO / "data" / "fapm_demo"), args.category, None
+
+
+def load_features(base, root: Path, category: str, tag: str) -> tuple[Any, dict, dict, dict, dict, tuple[int, int]]:
+    """Build the backbone of ``base`` settings and extract the training and test features once:
+    ``(extractor, train_feats, train_info, test_feats, test_info, image size)``; ``tag`` starts the
+    progress line."""
+    dm = MVTecDataModule(root=str(root), category=category, train_batch_size=16, eval_batch_size=16,
+                         mean=base.backbone.mean, std=base.backbone.std)
+    dm.setup("fit")
+    extractor = build_extractor(base.backbone)
+    print(f"{tag} extracting features ({extractor.weight_source}, {extractor.method}) …", file=sys.stderr, flush=True)
+    train_feats, train_info = extract(extractor, dm.train_dataloader())
+    test_feats, test_info = extract(extractor, dm.test_dataloader())
+    size = tuple(dm.test_dataset()[0]["image"].shape[-2:])
+    return extractor, train_feats, train_info, test_feats, test_info, size
+
+
+def build_on_features(settings, extractor, train_feats: dict[str, torch.Tensor]) -> tuple[Any, float]:
+    """The memory detector of ``settings`` built from already extracted training features, and
+    the build's seconds."""
+    det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
+    n = len(next(iter(train_feats.values())))
+    for lo in range(0, n, 16):
+        det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train_feats.items()}))
+    start = time.perf_counter()
+    det.build()
+    return det, time.perf_counter() - start
+
+
 @torch.inference_mode()
 def extract(extractor: torch.nn.Module, loader: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Pooled layer features of a whole loader, plus labels/masks/types and the backbone's seconds."""
@@ -100,20 +151,13 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
     result: ``(score, search)``. A search other than the first also reports ``top1_equal``: the
     share of test positions whose nearest distance equals the first search's (recall@1 when the
     first is exact)."""
-    settings = validated_settings(compose_cfg(overrides), groups=("model", "backbone", "data", "thresholds"))
-    det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
-    n = len(next(iter(train_feats.values())))
-    for lo in range(0, n, 16):
-        det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train_feats.items()}))
-    start = time.perf_counter()
-    det.build()
-    build_s = time.perf_counter() - start
+    settings = settings_for(overrides)
+    det, build_s = build_on_features(settings, extractor, train_feats)
     out: dict[tuple[str | None, str | None], dict[str, Any]] = {}
     reference: list[torch.Tensor] | None = None
     for search in searches:
         if search is not None:
-            chosen = validated_settings(compose_cfg([*overrides, f"model/search={search}"]),
-                                        groups=("model", "backbone", "data", "thresholds"))
+            chosen = settings_for([*overrides, f"model/search={search}"])
             det.use_search(build_search(chosen.model.search))
         t = time.perf_counter()
         rows, nearest = score_test_set(det, settings, test_feats, test_info, size, scores)
@@ -125,7 +169,8 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
                 row["top1_equal"] = same / sum(r.numel() for r in reference)
             row["search_pass_s"] = fit_search_s
             out[(score, search)] = row
-        reference = reference or nearest
+        if reference is None:
+            reference = nearest
     return out
 
 
@@ -238,10 +283,7 @@ def table(rows: dict[str, dict[str, Any]], title: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", choices=["demo", "mtd"], default="mtd")
-    p.add_argument("--category", default="bracket", help="demo category (--data demo)")
-    p.add_argument("--shared", default=os.environ.get("FAPM_SHARED", str(REPO.parent / "shared")))
-    p.add_argument("--max-train", type=int, default=200, help="training images (seeded subset); 0 = all")
+    add_data_args(p)
     p.add_argument("--backbones", default=None, help="comma-separated backbone configs (default: "
                    "efficientnet_lite0,vgg16_bn_craft for mtd, efficientnet_lite0 for demo)")
     p.add_argument("--backbone-variant", action="append", default=[],
@@ -263,16 +305,7 @@ def main() -> None:
     for spec in args.backbone_variant:
         label, _, over = spec.partition("=")
         runs.append((label, [f"backbone={backbones[0]}", *[o for o in over.split(";") if o]]))
-    if args.data == "mtd":
-        data_root, vgg_weights = shared_paths(Path(args.shared))
-        max_train = args.max_train or None
-        root, n_train = subset_root(data_root, REPO / "data" / f"mtd_subset_{args.max_train}", max_train, 0)
-        category = "magnetic_tile"
-    else:
-        from fapm.data.demo import generate_demo
-
-        root = generate_demo(REPO / "data" / "fapm_demo")
-        category = args.category
+    root, category, vgg_weights = dataset(args)
     variants = {k: VARIANTS[k] for k in args.variants.split(",")}
     scores = args.scores.split(",") if args.scores else [None]
     searches = args.searches.split(",") if args.searches else [None]
@@ -281,16 +314,9 @@ def main() -> None:
     for label, bb_over in runs:
         if args.data == "mtd" and bb_over[0] == "backbone=vgg16_bn_craft":
             bb_over = [*bb_over, f"backbone.weights={vgg_weights}"]
-        base = validated_settings(compose_cfg(bb_over), groups=("model", "backbone", "data", "thresholds"))
-        dm = MVTecDataModule(root=str(root), category=category, train_batch_size=16, eval_batch_size=16,
-                             mean=base.backbone.mean, std=base.backbone.std)
-        dm.setup("fit")
-        extractor = build_extractor(base.backbone)
-        print(f"[ablation] {label}: extracting features ({extractor.weight_source}, {extractor.method}) …",
-              file=sys.stderr, flush=True)
-        train_feats, train_info = extract(extractor, dm.train_dataloader())
-        test_feats, test_info = extract(extractor, dm.test_dataloader())
-        size = tuple(dm.test_dataset()[0]["image"].shape[-2:])
+        base = settings_for(bb_over)
+        extractor, train_feats, train_info, test_feats, test_info, size = load_features(
+            base, root, category, f"[ablation] {label}:")
         entry: dict[str, Any] = {"overrides": bb_over, "weights": str(extractor.weight_source),
                                  "layers": list(extractor.layers), "mean": list(base.backbone.mean),
                                  "train_images": len(train_feats[next(iter(train_feats))]),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -34,12 +33,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from ablation_real import REPO, compose_cfg, extract  # benchmarks/ablation_real.py
-from real_data import shared_paths, subset_root  # benchmarks/real_data.py
-
-from fapm.builders import build_extractor, build_memory_detector
-from fapm.data import MVTecDataModule
-from fapm.pipeline.common import validated_settings
+# benchmarks/ablation_real.py: the same data, features and builds
+from ablation_real import add_data_args, build_on_features, dataset, load_features, settings_for
 
 VARIANTS = {
     "E FAPM (own region)": ["model=fapm"],
@@ -64,12 +59,8 @@ def region_classes(grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor
 
 @torch.inference_mode()
 def measure(overrides: list[str], extractor, train_feats, test_feats, test_info) -> dict[str, Any]:
-    settings = validated_settings(compose_cfg(overrides), groups=("model", "backbone", "data", "thresholds"))
-    det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
-    n = len(next(iter(train_feats.values())))
-    for lo in range(0, n, 16):
-        det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train_feats.items()}))
-    det.build()
+    settings = settings_for(overrides)
+    det, _ = build_on_features(settings, extractor, train_feats)
     scores = []
     for lo in range(0, len(test_info["label"]), 8):
         part = {k: v[lo : lo + 8] for k, v in test_feats.items()}
@@ -80,7 +71,9 @@ def measure(overrides: list[str], extractor, train_feats, test_feats, test_info)
     defect = F.adaptive_max_pool2d(test_info["mask"].float().unsqueeze(1), size)[:, 0] > 0  # [M, H, W]
     good = test_info["label"] == 0
     normal = patch[good]
-    top = normal >= torch.quantile(normal.flatten()[torch.randperm(normal.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]], 0.99)
+    # torch.quantile takes at most 2^24 values: the 99th percentile of a seeded sample of 10^6
+    sample = normal.flatten()[torch.randperm(normal.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    top = normal >= torch.quantile(sample, 0.99)
     out: dict[str, Any] = {"grid": list(settings.model.grid), "feature_grid": list(size)}
     for c, name in enumerate(CLASSES):
         where = classes == c
@@ -98,33 +91,17 @@ def measure(overrides: list[str], extractor, train_feats, test_feats, test_info)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", choices=["demo", "mtd"], default="mtd")
-    p.add_argument("--category", default="bracket", help="demo category (--data demo)")
-    p.add_argument("--shared", default=os.environ.get("FAPM_SHARED", str(REPO.parent / "shared")))
-    p.add_argument("--max-train", type=int, default=200, help="training images (seeded subset); 0 = all")
+    add_data_args(p)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
     torch.manual_seed(0)
+    root, category, vgg_weights = dataset(args)
     bb = [f"backbone={args.backbone}"]
-    if args.data == "mtd":
-        data_root, vgg_weights = shared_paths(Path(args.shared))
-        root, _ = subset_root(data_root, REPO / "data" / f"mtd_subset_{args.max_train}", args.max_train or None, 0)
-        category = "magnetic_tile"
-        if args.backbone == "vgg16_bn_craft":
-            bb.append(f"backbone.weights={vgg_weights}")
-    else:
-        from fapm.data.demo import generate_demo
-
-        root, category = generate_demo(REPO / "data" / "fapm_demo"), args.category
-    base = validated_settings(compose_cfg(bb), groups=("model", "backbone", "data", "thresholds"))
-    dm = MVTecDataModule(root=str(root), category=category, train_batch_size=16, eval_batch_size=16,
-                         mean=base.backbone.mean, std=base.backbone.std)
-    dm.setup("fit")
-    extractor = build_extractor(base.backbone)
-    train_feats, _ = extract(extractor, dm.train_dataloader())
-    test_feats, test_info = extract(extractor, dm.test_dataloader())
+    if args.backbone == "vgg16_bn_craft" and vgg_weights is not None:
+        bb.append(f"backbone.weights={vgg_weights}")
+    extractor, train_feats, _, test_feats, test_info, _ = load_features(settings_for(bb), root, category, "[border]")
     report: dict[str, Any] = {"command": " ".join(sys.argv), "data": args.data, "category": category,
                               "backbone": args.backbone, "weights": str(extractor.weight_source),
                               "train_images": len(next(iter(train_feats.values()))),
