@@ -395,6 +395,14 @@ class MemorySettings(Settings):
     )
     timing_warmup: int = setting(2, ge=0, doc="test batches not counted in the latency")
 
+    @classmethod
+    def _normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # model.grid=8 is the square grid 8x8 (a bool is not a grid size: left to the parser's error)
+        grid = data.get("grid")
+        if isinstance(grid, int) and not isinstance(grid, bool):
+            data["grid"] = (grid, grid)
+        return data
+
     def streams(self, backbone: BackboneSettings) -> int:
         """Number of feature streams (separate layers, or one concatenation)."""
         return len(backbone.layers) if self.fusion == "separate" else 1

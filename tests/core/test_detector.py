@@ -78,10 +78,13 @@ def test_patchcore_config_matches_a_direct_patchcore_computation(tmp_path, image
     torch.testing.assert_close(out.anomaly_maps, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_full_memory_scores_training_images_zero(tmp_path, images, variant) -> None:
-    """Each variant's own grid and streams with every vector kept: a training vector is in its region's memory."""
-    det = fit(build(variant, tmp_path, ["model.coreset_ratio=1.0"]), images)
+@pytest.mark.parametrize("variant,grid", [*((v, None) for v in VARIANTS), ("fapm", "5"), ("ablation_b", "[4,6]")],
+                         ids=[*VARIANTS, "fapm_uneven_5x5", "ablation_b_uneven_4x6"])
+def test_full_memory_scores_training_images_zero(tmp_path, images, variant, grid) -> None:
+    """Each variant's own grid and streams with every vector kept: a training vector is in its region's memory.
+
+    Also on grids that divide neither the 14x14 nor the 7x7 map (uneven regions, padded with repeats)."""
+    det = fit(build(variant, tmp_path, ["model.coreset_ratio=1.0", *([f"model.grid={grid}"] if grid else [])]), images)
     out = det(images[:3])
     assert float(out.image_scores.abs().max()) == 0.0
     assert float(out.anomaly_maps.abs().max()) == 0.0

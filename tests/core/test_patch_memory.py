@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from fapm.models.patch_memory import GridError, PatchMemory, merge_regions, neighbour_table, split_regions
+from fapm.models.patch_memory import (
+    GridError, PatchMemory, bounds, merge_regions, neighbour_table, region_layout, split_regions,
+)
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (7, 7), (2, 4)])
@@ -22,9 +24,39 @@ def test_region_contents() -> None:
     assert torch.equal(regions[1, :, 0], expected)
 
 
-def test_grid_must_divide() -> None:
-    with pytest.raises(GridError, match="does not divide"):
-        split_regions(torch.randn(1, 2, 14, 14), (4, 4))
+def test_grid_larger_than_the_map_is_refused() -> None:
+    with pytest.raises(GridError, match="more regions than the feature map of 14x14"):
+        split_regions(torch.randn(1, 2, 14, 14), (15, 4))
+
+
+@pytest.mark.parametrize("size,grid", [((20, 20), (7, 7)), ((13, 17), (4, 6)), ((5, 9), (5, 9)), ((40, 28), (8, 3))])
+def test_uneven_regions_round_trip_and_boundaries(size: tuple[int, int], grid: tuple[int, int]) -> None:
+    """Any grid up to the map's size: boundaries at floor(i*H/g), regions padded with their own repeats."""
+    x = torch.randn(2, 3, *size)
+    regions = split_regions(x, grid)
+    layout = region_layout(*size, grid)
+    assert regions.shape == (grid[0] * grid[1], 2 * layout.slots, 3)
+    assert torch.equal(merge_regions(regions, 2, grid, size), x)
+    # region (i, j) holds exactly the positions between the floor boundaries, every slot from it
+    rows, cols = bounds(size[0], grid[0]), bounds(size[1], grid[1])
+    for r in range(grid[0] * grid[1]):
+        i, j = divmod(r, grid[1])
+        own = x[:, :, rows[i] : rows[i + 1], cols[j] : cols[j + 1]]  # [B, C, h, w]
+        expected = own.permute(0, 2, 3, 1).reshape(2, -1, 3)  # by image, then row, then column
+        got = regions[r].view(2, layout.slots, 3)
+        n = expected.shape[1]
+        assert int(layout.region_sizes()[r]) == n
+        assert torch.equal(got[:, :n], expected)
+        # the repeat slots repeat the region's own vectors, cyclically
+        assert torch.equal(got[:, n:], expected[:, torch.arange(n, layout.slots) % n])
+    sizes = layout.region_sizes()
+    assert int(sizes.sum()) == size[0] * size[1]
+
+
+def test_even_grid_is_the_plain_split() -> None:
+    """Where the grid divides the map the layout is the paper's equal regions: no repeats."""
+    layout = region_layout(28, 28, (7, 7))
+    assert layout.even and layout.slots == 16 and bool(layout.valid.all())
 
 
 def test_padded_memory_and_search_norms() -> None:

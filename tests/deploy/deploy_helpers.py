@@ -31,6 +31,12 @@ VARIANTS = {
         extractor(), grid=(4, 4), coreset=AdaptiveCoreset(0.3), neighbourhood=1,
         image_score=PatchCoreWeightedScore(num_neighbors=3),
     ),
+    # uneven regions: a 3x3 grid on ResNet-18's 8x8 and 4x4 maps at 64 px (regions of 2 or 3 rows/columns,
+    # and 1 or 2), with the neighbourhood window and PatchCore's support set, which index regions by position
+    "fapm_uneven": lambda: MemoryDetector(
+        extractor(), grid=(3, 3), coreset=AdaptiveCoreset(0.3), neighbourhood=1,
+        image_score=PatchCoreWeightedScore(num_neighbors=3),
+    ),
     "fapm_nbhd_shift": lambda: MemoryDetector(
         extractor(), grid=(4, 4), coreset=AdaptiveCoreset(0.3), neighbourhood=1, neighbourhood_border="shift",
     ),

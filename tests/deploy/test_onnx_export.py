@@ -75,9 +75,10 @@ def test_ablations_export(demo, info, tmp_path, variant) -> None:
     torch.testing.assert_close(out.image_scores, eager(det, demo["test"], info).image_scores, rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("variant", ["fapm_nbhd", "fapm_nbhd_shift"])
+@pytest.mark.parametrize("variant", ["fapm_nbhd", "fapm_nbhd_shift", "fapm_uneven"])
 def test_neighbourhood_exports(demo, info, tmp_path, variant) -> None:
-    """Radius-1 windows (clip with the support-set score, and shift) equal eager in ONNX Runtime."""
+    """Radius-1 windows (clip with the support-set score, and shift; on an uneven 3x3 grid too) equal
+    eager in ONNX Runtime."""
     det = fit(variant, demo["train"], info)
     path = export_onnx(det, tmp_path / "m.onnx", info)  # checks against eager at batches 1 and 3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

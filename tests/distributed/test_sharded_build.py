@@ -25,6 +25,8 @@ CASES = {
     "fapm_quantile": ["model=fapm", "model.grid=[3,3]", "model.threshold_mode=quantile", "model.distance_scale=relative"],
     "fapm_absolute": ["model=fapm", "model.grid=[3,3]", "model.distance_scale=per_channel", "model.d_th=0.9"],
     "ablation_b": ["model=ablation_b", "model.grid=[3,3]"],
+    # 5 does not divide 12: uneven regions (3 or 2 rows/columns), padded with repeats
+    "fapm_uneven": ["model=fapm", "model.grid=5", "model.threshold_mode=quantile", "model.distance_scale=relative"],
     "fapm_projected": [
         "model=fapm", "model.grid=[3,3]", "model.projection_dim=16", "model.threshold_mode=quantile",
         "model.distance_scale=relative",

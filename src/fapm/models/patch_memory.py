@@ -1,7 +1,8 @@
 """Patch-wise memories: splitting feature maps into grid regions and storing one memory per region.
 
-A feature map ``[B, C, H, W]`` on a ``gh × gw`` grid has ``R = gh·gw`` regions of
-``h × w = (H/gh) × (W/gw)`` positions. Region ``i`` (row-major) of every image feeds
+A feature map ``[B, C, H, W]`` on a ``gh × gw`` grid has ``R = gh·gw`` regions, split at
+``floor(i·H/gh)`` and ``floor(j·W/gw)``: ``h × w = (H/gh) × (W/gw)`` positions each when the
+grid divides the map, one row or column more or less otherwise (:class:`RegionLayout`). Region ``i`` (row-major) of every image feeds
 memory ``i``; a grid of 1×1 is one global memory (PatchCore).
 
 Memories have different sizes after the adaptive coreset, so they are stored padded,
@@ -12,53 +13,156 @@ search: their squared norms are +inf.
 
 from __future__ import annotations
 
-from fapm.errors import FapmError
-
+import dataclasses
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fapm.errors import FapmError
+
 
 class GridError(FapmError, ValueError):
     """A patch grid that does not fit a feature map."""
 
-    hint = "model.grid must divide every feature map of the backbone"
+    hint = "model.grid must have at most as many rows and columns as every feature map of the backbone"
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """Where the regions of a ``gh × gw`` grid lie on an ``H × W`` feature map.
+
+    Region boundaries are ``floor(i·H/gh)`` (rows) and ``floor(j·W/gw)`` (columns), so any
+    map with at least ``gh`` rows and ``gw`` columns is covered, and regions differ by at
+    most one row or column. When the grid divides the map this is the paper's even split.
+    Every region is stored with ``P = h_max·w_max`` slots; a smaller region fills its last
+    slots with repeats of its own positions (cyclically), which :func:`merge_regions` never
+    reads and which greedy k-center never selects before their original (the original comes
+    first and ties go to the lower index), so they change neither a selection nor a map.
+
+    Attributes:
+        height, width: the map's size.
+        grid: ``(gh, gw)``.
+        even: the grid divides the map (all regions ``h × w``; plain reshapes suffice).
+        slots: ``P``, stored positions per region and image.
+        index: ``[R, P]`` flat map position (``y·W + x``) of every slot.
+        valid: ``[R, P]`` False on repeat slots.
+        inverse: ``[H·W]`` the slot ``r·P + p`` that holds each map position.
+    """
+
+    height: int
+    width: int
+    grid: tuple[int, int]
+    even: bool
+    slots: int
+    index: Tensor
+    valid: Tensor
+    inverse: Tensor
+
+    @property
+    def regions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def region_size(self) -> tuple[int, int]:
+        """``(h_max, w_max)``: the largest region's rows and columns."""
+        gh, gw = self.grid
+        return -(-self.height // gh), -(-self.width // gw)
+
+    def region_sizes(self) -> Tensor:
+        """``[R]`` feature positions in each region (all equal on an even grid)."""
+        return self.valid.sum(1)
+
+    def on(self, device: torch.device) -> "RegionLayout":
+        """This layout with its index tensors on ``device``."""
+        if self.index.device == device:
+            return self
+        return dataclasses.replace(self, index=self.index.to(device), valid=self.valid.to(device),
+                                   inverse=self.inverse.to(device))
+
+
+def bounds(size: int, parts: int) -> list[int]:
+    """``parts + 1`` boundaries ``floor(i·size/parts)`` of ``parts`` near-equal pieces of ``size``."""
+    return [i * size // parts for i in range(parts + 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(height: int, width: int, gh: int, gw: int) -> RegionLayout:
+    rows, cols = bounds(height, gh), bounds(width, gw)
+    h_max, w_max = -(-height // gh), -(-width // gw)
+    slots = h_max * w_max
+    index = torch.empty(gh * gw, slots, dtype=torch.long)
+    valid = torch.zeros(gh * gw, slots, dtype=torch.bool)
+    inverse = torch.empty(height * width, dtype=torch.long)
+    for i in range(gh):
+        for j in range(gw):
+            r = i * gw + j
+            ys = torch.arange(rows[i], rows[i + 1])
+            xs = torch.arange(cols[j], cols[j + 1])
+            positions = (ys.view(-1, 1) * width + xs.view(1, -1)).flatten()  # row-major within the region
+            n = positions.numel()
+            index[r] = positions[torch.arange(slots) % n]
+            valid[r, :n] = True
+            inverse[positions] = r * slots + torch.arange(n)
+    even = height % gh == 0 and width % gw == 0
+    return RegionLayout(height, width, (gh, gw), even, slots, index, valid, inverse)
+
+
+def region_layout(height: int, width: int, grid: Sequence[int], what: str = "feature map") -> RegionLayout:
+    """The :class:`RegionLayout` of ``grid`` on a ``height × width`` map (cached); error if a region would be empty."""
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh < 1 or gw < 1:
+        raise GridError(f"model.grid must be positive, got {list(grid)}")
+    if gh > height or gw > width:
+        raise GridError(
+            f"model.grid {gh}x{gw} has more regions than the {what} of {height}x{width} has positions "
+            f"(every region needs at least one feature vector: use at most {height}x{width}, or larger inputs)"
+        )
+    return _layout(int(height), int(width), gh, gw)
 
 
 def check_grid(height: int, width: int, grid: tuple[int, int], what: str = "feature map") -> tuple[int, int]:
-    """Region size ``(h, w)`` of a ``[.., height, width]`` map on ``grid``; error if it does not divide."""
-    gh, gw = grid
-    if gh < 1 or gw < 1:
-        raise GridError(f"model.grid must be positive, got {list(grid)}")
-    if height % gh or width % gw:
-        raise GridError(
-            f"model.grid {gh}x{gw} does not divide the {what} of {height}x{width}: every region must own "
-            f"the same number of feature vectors (choose a grid that divides {height} and {width})"
-        )
-    return height // gh, width // gw
+    """Largest region size ``(h_max, w_max)`` of a ``[.., height, width]`` map on ``grid``; error if
+    the grid has more rows or columns than the map (regions need not be equal: see :class:`RegionLayout`)."""
+    return region_layout(height, width, grid, what).region_size
 
 
 def split_regions(features: Tensor, grid: tuple[int, int]) -> Tensor:
-    """``[B, C, H, W]`` → ``[R, B·h·w, C]``, region-major (row-major over the grid).
+    """``[B, C, H, W]`` → ``[R, B·P, C]``, region-major (row-major over the grid).
 
-    Within a region, vectors are ordered by image, then row, then column.
+    Within a region, vectors are ordered by image, then row, then column; ``P`` is the
+    region's slot count (``h·w`` on an even grid; on an uneven one the largest region's,
+    smaller regions ending in repeats of their own vectors: :class:`RegionLayout`).
     """
     b, c, height, width = features.shape
-    h, w = check_grid(height, width, grid)
-    gh, gw = grid
-    x = features.view(b, c, gh, h, gw, w).permute(2, 4, 0, 3, 5, 1)  # [gh, gw, B, h, w, C]
-    return x.reshape(gh * gw, b * h * w, c)
+    layout = region_layout(height, width, grid)
+    gh, gw = layout.grid
+    if layout.even:
+        h, w = height // gh, width // gw
+        x = features.view(b, c, gh, h, gw, w).permute(2, 4, 0, 3, 5, 1)  # [gh, gw, B, h, w, C]
+        return x.reshape(gh * gw, b * h * w, c)
+    index = layout.on(features.device).index
+    x = features.flatten(2)[:, :, index.flatten()]  # [B, C, R·P]
+    x = x.view(b, c, layout.regions, layout.slots).permute(2, 0, 3, 1)  # [R, B, P, C]
+    return x.reshape(layout.regions, b * layout.slots, c)
 
 
 def merge_regions(values: Tensor, batch: int, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`split_regions`: ``[R, B·h·w, D]`` → ``[B, D, H, W]``."""
-    gh, gw = grid
+    """Inverse of :func:`split_regions`: ``[R, B·P, D]`` → ``[B, D, H, W]`` (repeat slots dropped)."""
     height, width = size
-    h, w = check_grid(height, width, grid)
+    layout = region_layout(height, width, grid)
+    gh, gw = layout.grid
     d = values.shape[-1]
-    x = values.reshape(gh, gw, batch, h, w, d).permute(2, 5, 0, 3, 1, 4)  # [B, D, gh, h, gw, w]
-    return x.reshape(batch, d, height, width)
+    if layout.even:
+        h, w = height // gh, width // gw
+        x = values.reshape(gh, gw, batch, h, w, d).permute(2, 5, 0, 3, 1, 4)  # [B, D, gh, h, gw, w]
+        return x.reshape(batch, d, height, width)
+    x = values.reshape(layout.regions, batch, layout.slots, d).permute(1, 3, 0, 2)  # [B, D, R, P]
+    x = x.reshape(batch, d, layout.regions * layout.slots)
+    return x[:, :, layout.on(values.device).inverse].view(batch, d, height, width)
 
 
 def neighbour_table(grid: tuple[int, int], radius: int, device: torch.device | None = None) -> Tensor:

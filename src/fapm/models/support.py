@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fapm.models.patch_memory import region_layout
+
 
 @dataclass
 class StreamSearch:
@@ -74,10 +76,11 @@ def support_distances(
     total: Tensor | None = None
     for result, (vectors, norms), weight in zip(results, searchables, weights):
         hs, ws = result.size
-        h, w = hs // gh, ws // gw
+        layout = region_layout(hs, ws, grid).on(pos.device)
         ys, xs = y * hs // height, x * ws // width
-        region = (ys // h) * gw + xs // w  # [B]
-        offset = images * (h * w) + (ys % h) * w + xs % w  # [B] within the region's queries
+        slot = layout.inverse[ys * ws + xs]  # [B] r·P + p
+        region = torch.div(slot, layout.slots, rounding_mode="floor")  # [B]
+        offset = images * layout.slots + slot % layout.slots  # [B] within the region's queries
         r, m, c = vectors.shape
         window = table[region]  # [B, S] memories of each image's region
         inside = window >= 0
@@ -85,8 +88,8 @@ def support_distances(
         query = result.queries[region, offset]  # [B, C]
         nearest = result.indices[region, offset, 0]  # [B] in window space
         flat = vectors.reshape(r * m, c)
-        slot = torch.div(nearest, m, rounding_mode="floor")
-        item = flat.index_select(0, window.gather(1, slot.unsqueeze(1)).squeeze(1) * m + nearest % m)  # [B, C]
+        in_window = torch.div(nearest, m, rounding_mode="floor")
+        item = flat.index_select(0, window.gather(1, in_window.unsqueeze(1)).squeeze(1) * m + nearest % m)  # [B, C]
         # ‖v − m*‖² for every item of the window's memories: one product over all regions,
         # then each image's window is picked ([R, M, B] stays small: R·M is one layer's memory)
         products = torch.matmul(vectors, item.t())  # [R, M, B]
