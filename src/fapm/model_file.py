@@ -5,7 +5,7 @@ tensors plus one JSON header (metadata entry ``"fapm"``)::
 
     {"format": "fapm-model", "format_version": 3, "fapm_version": ..., "torch_version": ...,
      "model": {...}, "backbone": {...}, "data": {...} | null,   # fapm.settings, validated on load
-     "preprocess": {"image_size", "crop_size", "mean", "std"},
+     "preprocess": {"image_size", "crop_size", "mean", "std", "resize"},
      "thresholds": {...},                                        # fapm.inference.thresholds
      "facts": {...}, "meta": {...},                              # what the run recorded (plain data)
      "backbone_included": bool,

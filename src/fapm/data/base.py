@@ -79,7 +79,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def __init__(
         self,
         image_size: int = 256,
-        crop_size: int | None = 224,
+        crop_size: int | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 1,
         num_workers: int = 0,
@@ -87,12 +87,13 @@ class AnomalyDataModule(L.LightningDataModule):
         seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize: str = "squash",
     ) -> None:
         super().__init__()
         _check_fraction(normal_holdout)
         if train_batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
             raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
-        self.preprocess = Preprocess(image_size=image_size, crop_size=crop_size, mean=mean, std=std)
+        self.preprocess = Preprocess(image_size=image_size, crop_size=crop_size, mean=mean, std=std, resize=resize)
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

@@ -60,7 +60,7 @@ class FolderDataModule(AnomalyDataModule):
         mask_suffix: str = "",
         root: str | None = None,
         image_size: int = 256,
-        crop_size: int | None = 224,
+        crop_size: int | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 1,
         num_workers: int = 0,
@@ -68,9 +68,11 @@ class FolderDataModule(AnomalyDataModule):
         seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize: str = "squash",
     ) -> None:
         super().__init__(
-            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std
+            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std,
+            resize=resize,
         )
         self.save_hyperparameters()
         base = self.root = Path(root).expanduser() if root is not None else None

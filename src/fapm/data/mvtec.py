@@ -106,7 +106,7 @@ class MVTecDataModule(AnomalyDataModule):
         root: str,
         category: str,
         image_size: int = 256,
-        crop_size: int | None = 224,
+        crop_size: int | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 1,
         num_workers: int = 0,
@@ -114,11 +114,13 @@ class MVTecDataModule(AnomalyDataModule):
         seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize: str = "squash",
         generate_demo: bool = False,
         demo_seed: int = 0,
     ) -> None:
         super().__init__(
-            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std
+            image_size, crop_size, train_batch_size, eval_batch_size, num_workers, normal_holdout, seed, mean, std,
+            resize=resize,
         )
         self.save_hyperparameters()
         self.root = Path(root).expanduser()

@@ -125,6 +125,8 @@ class SampleListDataset(Dataset):
         return {
             "image": self.preprocess(image),
             "mask": mask,
+            # the pixels that show the image (not letterbox padding): the pixel metrics count these only
+            "valid": self.preprocess.valid(image.width, image.height),
             "label": torch.tensor(rec.label, dtype=torch.int64),
             "defect_type": rec.defect_type,
             "path": str(rec.image_path),

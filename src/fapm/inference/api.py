@@ -75,25 +75,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def to_original_size(maps: Tensor, preprocess: Preprocess, size: tuple[int, int], fill: float = 0.0) -> Tensor:
-    """Maps ``[B, S, S]`` of the pre-processed input → ``[B, H, W]`` on the original image.
-
-    Undoes the centre crop (the border it removed gets ``fill``) and the square resize
-    (bilinear). ``size`` is the original ``(width, height)``.
-    """
-    side = preprocess.image_size
-    if preprocess.crop_size is not None and preprocess.crop_size != side:
-        crop = preprocess.crop_size
-        top = round((side - crop) / 2.0)
-        canvas = maps.new_full((maps.shape[0], side, side), fill)
-        canvas[:, top : top + crop, top : top + crop] = maps
-        maps = canvas
-    width, height = size
-    if tuple(maps.shape[-2:]) == (height, width):
-        return maps
-    return F.interpolate(maps.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False).squeeze(1)
-
-
 class FAPM:
     """A fitted model loaded from its model file, ready to score images.
 
@@ -254,7 +235,7 @@ class FAPM:
         ]
 
     def _result(self, score: Tensor, patch_map: Tensor, size: tuple[int, int], path: str | None) -> PredictionResult:
-        raw = to_original_size(patch_map.unsqueeze(0).float(), self.preprocess, size)[0]
+        raw = self.preprocess.to_original(patch_map.unsqueeze(0).float(), size)[0]
         value = float(score)
         labelled = self.image_threshold is not None
         masked = self.pixel_threshold is not None

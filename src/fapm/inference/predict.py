@@ -73,7 +73,9 @@ class PredictSummary:
 
     ``scored``: images scored; ``failed``: image files that could not be scored (error rows);
     ``skipped``: entries that are not image files (skipped rows); ``hidden``: hidden entries
-    left out without a row; ``defective``: scored images labelled defective.
+    left out without a row; ``defective``: scored images labelled defective;
+    ``not_inspected``: the largest share of an image's area that the model's centre crop
+    removes (0 when the model inspects whole images).
     """
 
     input: str
@@ -86,6 +88,7 @@ class PredictSummary:
     seconds: float = 0.0
     image_threshold: float | None = None
     pixel_threshold: float | None = None
+    not_inspected: float = 0.0
     message: str | None = None
     files: dict[str, str] = field(default_factory=dict)
 
@@ -597,7 +600,9 @@ def predict_files(
 def _run(model: FAPM, input: str | Path, out: Path, batch_size: int, write_overlays: bool, write_masks: bool,
          alpha: float, progress: bool) -> PredictSummary:
     summary = PredictSummary(str(input), str(out), image_threshold=model.image_threshold,
-                             pixel_threshold=model.pixel_threshold)
+                             pixel_threshold=model.pixel_threshold, not_inspected=model.preprocess.border_share())
+    if summary.not_inspected > 0:
+        log.warning("%s", model.preprocess.border_note())
     writer = ResultWriter(out)
     summary.files = {"results_csv": str(writer.csv_path), "results_jsonl": str(writer.jsonl_path)}
     start = time.perf_counter()

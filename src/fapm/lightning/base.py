@@ -93,6 +93,7 @@ class AnomalyModule(L.LightningModule):
             None if masks is None else masks[:, 0],
             list(batch["defect_type"]),
             paths=list(batch["path"]) if "path" in batch else None,
+            valid=None if masks is None or batch.get("valid") is None else batch["valid"][:, 0],
         )
 
     def on_test_epoch_end(self) -> None:

@@ -64,6 +64,7 @@ class AnomalyMetrics:
         self._paths: list[str | None] = []
         self._maps: list[Tensor] = []
         self._masks: list[Tensor] = []
+        self._valid: list[Tensor | None] = []  # per batch: the pixels that count (None = all)
         self._pixels_ok = True  # every update so far had maps and masks
         self._seen_pixels = False  # some update had maps and masks
 
@@ -75,6 +76,7 @@ class AnomalyMetrics:
         masks: Tensor | None = None,
         defect_types: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
+        valid: Tensor | None = None,
     ) -> None:
         """Add one batch (any device; copied to the CPU).
 
@@ -86,6 +88,8 @@ class AnomalyMetrics:
             defect_types: ``[B]`` names (``"good"`` for normal images); None = unknown
                 (stored as ``""``, excluded from the per-type metrics).
             paths: ``[B]`` image paths, kept for reports (:meth:`paths`); optional.
+            valid: same shape as ``anomaly_maps``, True where a pixel shows the image (False on
+                letterbox padding, which the pixel metrics leave out); None = every pixel.
         """
         scores = torch.as_tensor(image_scores).detach().reshape(-1).to("cpu", torch.float64)
         labels_cpu = torch.as_tensor(labels).detach().reshape(-1).to("cpu")
@@ -102,8 +106,12 @@ class AnomalyMetrics:
 
         if anomaly_maps is not None and masks is not None:
             maps_cpu, masks_cpu = self._pixel_batch(anomaly_maps, masks, batch)
+            valid_cpu = None
+            if valid is not None:
+                valid_cpu = torch.as_tensor(valid).detach().reshape(maps_cpu.shape).to("cpu", torch.bool)
+                valid_cpu = None if bool(valid_cpu.all()) else valid_cpu.contiguous()
         else:
-            maps_cpu = masks_cpu = None
+            maps_cpu = masks_cpu = valid_cpu = None
 
         self._scores.append(scores)
         self._labels.append(labels_cpu.to(torch.int64))
@@ -115,6 +123,7 @@ class AnomalyMetrics:
             self._pixels_ok = False
             self._maps.clear()
             self._masks.clear()
+            self._valid.clear()
         else:
             if not self._pixels_ok and not self._seen_pixels:
                 self._warn_mixed()
@@ -122,6 +131,7 @@ class AnomalyMetrics:
             if self._pixels_ok:
                 self._maps.append(maps_cpu)
                 self._masks.append(masks_cpu)
+                self._valid.append(valid_cpu)
 
     @staticmethod
     def _pixel_batch(anomaly_maps: Tensor, masks: Tensor, batch: int) -> tuple[Tensor, Tensor]:
@@ -158,6 +168,7 @@ class AnomalyMetrics:
         return {
             "scores": list(self._scores), "labels": list(self._labels), "defect_types": list(self._defect_types),
             "paths": list(self._paths), "maps": list(self._maps), "masks": list(self._masks),
+            "valid": list(self._valid),
             "pixels_ok": self._pixels_ok, "seen_pixels": self._seen_pixels,
         }  # fmt: skip
 
@@ -171,12 +182,14 @@ class AnomalyMetrics:
             self._paths.extend(st["paths"])  # type: ignore[arg-type]
             self._maps.extend(st["maps"])  # type: ignore[arg-type]
             self._masks.extend(st["masks"])  # type: ignore[arg-type]
+            self._valid.extend(st.get("valid", [None] * len(st["masks"])))  # type: ignore[arg-type, union-attr]
         # pixel metrics only when every rank saw maps and masks for every image it scored
         self._pixels_ok = all(bool(st["pixels_ok"]) for st in states)
         self._seen_pixels = any(bool(st["seen_pixels"]) for st in states)
         if not self._pixels_ok:
             self._maps.clear()
             self._masks.clear()
+            self._valid.clear()
 
     # ------------------------------------------------------------------ results
     @property
@@ -211,7 +224,10 @@ class AnomalyMetrics:
         if not self.has_pixel_data:
             return None
         limit = self.pro_max_fpr if max_fpr is None else max_fpr
-        return pixel_sweep(self._maps, self._masks, max_fpr=limit, return_curve=return_curve)
+        valid = None
+        if any(v is not None for v in self._valid):
+            valid = [torch.ones_like(m) if v is None else v for m, v in zip(self._masks, self._valid)]
+        return pixel_sweep(self._maps, self._masks, max_fpr=limit, return_curve=return_curve, valid=valid)
 
     def compute(self) -> dict[str, float]:
         """All metrics as plain floats (see the class docstring for keys and NaN rules)."""

@@ -134,35 +134,48 @@ def _key_to_float32(key: np.ndarray) -> np.ndarray:
 
 
 def _pack_keys(
-    maps: list[np.ndarray], masks: list[np.ndarray]
+    maps: list[np.ndarray], masks: list[np.ndarray], valid: list[np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Sorted ``uint64`` keys (score key << 32 | global region id) and the per-region weights.
+
+    ``valid``: per batch, the pixels that count (e.g. not letterbox padding); None = all.
+    Defect pixels outside them are left out of their regions too.
 
     Returns:
         ``(keys [P] sorted ascending, weight [R + 1] float64 with weight[0] = 0 and
         weight[r] = 1 / size(r), R = number of regions)``.
     """
-    total = sum(m.size for m in maps)
+    if valid is not None and len(valid) != len(maps):
+        raise ValueError(f"{len(maps)} anomaly-map batches but {len(valid)} valid-pixel batches")
+    total = sum(m.size for m in maps) if valid is None else sum(int(np.count_nonzero(v)) for v in valid)
     keys = np.empty(total, dtype=np.uint64)
     inv_sizes = [np.zeros(1)]
     pos = 0
     n_regions = 0
-    for amap, mask in zip(maps, masks, strict=True):
+    for i, (amap, mask) in enumerate(zip(maps, masks, strict=True)):
         if amap.shape != mask.shape:
             raise ValueError(f"anomaly map shape {amap.shape} != mask shape {mask.shape}")
         if np.isnan(amap).any():
             raise ValueError("anomaly maps contain NaN")
+        keep = None if valid is None else valid[i].reshape(-1)
+        if keep is not None and keep.size != amap.size:
+            raise ValueError(f"valid-pixel shape {valid[i].shape} != anomaly map shape {amap.shape}")
+        if keep is not None:
+            mask = mask & valid[i]
         regions, n = label_regions(mask)
-        seg = keys[pos : pos + amap.size]
-        seg[:] = _float32_to_key(amap).reshape(-1)
-        seg <<= np.uint64(32)
+        flat_keys = _float32_to_key(amap).reshape(-1)
         region_ids = regions.reshape(-1).astype(np.uint64)
+        if keep is not None:
+            flat_keys, region_ids = flat_keys[keep], region_ids[keep]
+        seg = keys[pos : pos + flat_keys.size]
+        seg[:] = flat_keys
+        seg <<= np.uint64(32)
         np.add(region_ids, np.uint64(n_regions), out=region_ids, where=region_ids > 0)
         seg |= region_ids
         if n:
             inv_sizes.append(1.0 / np.bincount(regions.reshape(-1), minlength=n + 1)[1:])
         n_regions += n
-        pos += amap.size
+        pos += flat_keys.size
     keys.sort()
     return keys, np.concatenate(inv_sizes), n_regions
 
@@ -221,6 +234,7 @@ def pixel_sweep(
     max_fpr: float | None = DEFAULT_MAX_FPR,
     return_curve: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    valid: MapsLike | None = None,
 ) -> PixelSweepResult:
     """Pixel AUROC, AUPRO and F1-max (exact) from a single sort of all pixels.
 
@@ -231,6 +245,8 @@ def pixel_sweep(
         max_fpr: AUPRO integration limit in (0, 1]; None skips AUPRO (NaN) and keeps the full curve.
         return_curve: also return the PRO curve (``fpr``, ``pro``; up to ``max_fpr`` if set).
         chunk_size: pixels per sweep step (memory/speed knob; the result does not depend on it).
+        valid: the pixels that count, same shape(s) as the maps (e.g. not letterbox padding);
+            None = every pixel.
     """
     if max_fpr is not None and not 0.0 < max_fpr <= 1.0:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
@@ -238,8 +254,12 @@ def pixel_sweep(
     masks_np = _as_batches(masks, bool, "masks")
     if len(maps_np) != len(masks_np):
         raise ValueError(f"{len(maps_np)} anomaly-map batches but {len(masks_np)} mask batches")
-    keys, weights, n_regions = _pack_keys(maps_np, masks_np)
-    n_pos = sum(int(np.count_nonzero(m)) for m in masks_np)
+    valid_np = None if valid is None else _as_batches(valid, bool, "valid")
+    keys, weights, n_regions = _pack_keys(maps_np, masks_np, valid_np)
+    if valid_np is None:
+        n_pos = sum(int(np.count_nonzero(m)) for m in masks_np)
+    else:
+        n_pos = sum(int(np.count_nonzero(m & v)) for m, v in zip(masks_np, valid_np))
     n_neg = keys.size - n_pos
 
     want_pro = n_regions > 0 and n_neg > 0 and (max_fpr is not None or return_curve)

