@@ -107,7 +107,8 @@ def test_warp_then_unwarp_is_the_identity_away_from_borders() -> None:
 
 
 def fitted(align: str, images: torch.Tensor, **extra) -> torch.nn.Module:
-    model = MemorySettings(grid=(2, 2), image_score="max", align=align, align_resolution=64, **extra)
+    extra.setdefault("grid", (2, 2))
+    model = MemorySettings(image_score="max", align=align, align_resolution=64, **extra)
     backbone = BackboneSettings(name="resnet18", pretrained="false", seed=0)
     with pytest.warns(UserWarning, match="RANDOM"):
         det = build_memory_detector(model, backbone, seed=0)
@@ -147,8 +148,10 @@ def test_unconfident_estimate_falls_back_and_is_counted(parts) -> None:
     assert det.facts()["align"] == {"mode": "translation", "choice": "translation", "aligned": 1, "fallback": 2}
 
 
-def test_alignment_undoes_a_shift_and_keeps_the_map_in_input_coordinates(parts) -> None:
-    plain, aligned = fitted("none", parts), fitted("translation", parts)
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3)], ids=["even", "uneven"])
+def test_alignment_undoes_a_shift_and_keeps_the_map_in_input_coordinates(parts, grid) -> None:
+    """Also on a grid that divides neither of ResNet-18's 8x8 and 4x4 maps at 64 px (uneven regions)."""
+    plain, aligned = fitted("none", parts, grid=grid), fitted("translation", parts, grid=grid)
     shifted, _ = moved(parts[:2], 8.0, 8.0)
     with torch.no_grad():
         p, a = plain(shifted), aligned(shifted)
