@@ -1,6 +1,6 @@
 """Render the results tables of the docs from the benchmarks' JSON: ``python -m benchmarks.tables``.
 
-Every ``benchmarks/results/<name>.json`` with a top-level ``"table"`` key::
+Every ``benchmarks/results/<name>.json`` with a top-level ``"table"`` key (or ``"tables"``, a list of them)::
 
     {"title": str, "command": str, "date": "YYYY-MM-DD", "machine": str, "weights": str,
      "columns": [str, ...], "rows": [[cell, ...], ...]}
@@ -10,7 +10,8 @@ weights it was measured with, all taken from the JSON. The docs include those fi
 (``--8<-- "results/<name>.md"``), so a table is never typed by hand.
 
 The README's short results table is a column subset of one of them, kept between the markers
-``<!-- results:<name> columns=<c1>|<c2>|... rows=<first cell>|... -->`` and ``<!-- /results -->``.
+``<!-- results:<name> columns=<c1>|<c2>|... rows=<first cell>|... -->`` and ``<!-- /results -->``
+(``_`` stands for a space in a column name or cell).
 
 ``--check`` writes nothing and exits 1 when a committed table differs from what its JSON renders
 (CI and ``tests/test_docs.py``).
@@ -64,25 +65,42 @@ def _numeric(text: str) -> bool:
     return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?( ?(%|×|x))?( \([^)]*\))?", text.strip()))
 
 
-def load_table(path: Path) -> dict | None:
-    """The validated ``"table"`` of ``path``, or ``None`` when the file has none."""
+def _validate(path: Path, table: object, where: str) -> dict:
+    if not isinstance(table, dict):
+        raise TableError(f"{path}: {where} must be an object with {', '.join(TABLE_KEYS)}")
+    missing = [key for key in TABLE_KEYS if key not in table]
+    if missing:
+        raise TableError(f"{path}: {where} lacks {', '.join(missing)}")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(table["date"])):
+        raise TableError(f"{path}: {where}.date must be YYYY-MM-DD, not {table['date']!r}")
+    width = len(table["columns"])
+    for i, row in enumerate(table["rows"]):
+        if len(row) != width:
+            raise TableError(f"{path}: {where}.rows[{i}] has {len(row)} cells for {width} columns")
+    return table
+
+
+def load_tables(path: Path) -> list[dict]:
+    """The validated tables of ``path``: its ``"table"``, or its ``"tables"`` list; ``[]`` when none."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise TableError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict) or "table" not in data:
-        return None
-    table = data["table"]
-    missing = [key for key in TABLE_KEYS if key not in table]
-    if missing:
-        raise TableError(f"{path}: table lacks {', '.join(missing)}")
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(table["date"])):
-        raise TableError(f"{path}: table.date must be YYYY-MM-DD, not {table['date']!r}")
-    width = len(table["columns"])
-    for i, row in enumerate(table["rows"]):
-        if len(row) != width:
-            raise TableError(f"{path}: table.rows[{i}] has {len(row)} cells for {width} columns")
-    return table
+    if not isinstance(data, dict):
+        return []
+    if "table" in data:
+        return [_validate(path, data["table"], "table")]
+    if "tables" in data:
+        if not isinstance(data["tables"], list) or not data["tables"]:
+            raise TableError(f"{path}: tables must be a non-empty list")
+        return [_validate(path, table, f"tables[{i}]") for i, table in enumerate(data["tables"])]
+    return []
+
+
+def load_table(path: Path) -> dict | None:
+    """The first validated table of ``path``, or ``None`` when the file has none."""
+    found = load_tables(path)
+    return found[0] if found else None
 
 
 def markdown_table(columns: list[str], rows: list[list[object]]) -> str:
@@ -96,22 +114,25 @@ def markdown_table(columns: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(name: str, table: dict) -> str:
-    """The Markdown of one results table, with its provenance."""
-    return (
-        HEADER.format(name=name)
-        + f"\n**{table['title']}**\n\n"
-        + markdown_table(table["columns"], table["rows"])
-        + "\n"
-        + f"Measured {table['date']} on {table['machine']}; weights: {table['weights']}. Command:\n\n"
-        + f"```bash\n{table['command'].strip()}\n```\n"
-    )
+def render(name: str, tables: dict | list[dict]) -> str:
+    """The Markdown of one results file's table(s), each with its provenance."""
+    parts = [HEADER.format(name=name)]
+    for table in [tables] if isinstance(tables, dict) else tables:
+        parts.append(
+            f"\n**{table['title']}**\n\n"
+            + markdown_table(table["columns"], table["rows"])
+            + "\n"
+            + f"Measured {table['date']} on {table['machine']}; weights: {table['weights']}. Command:\n\n"
+            + f"```bash\n{table['command'].strip()}\n```\n"
+        )
+    return "".join(parts)
 
 
 def _readme_subset(table: dict, args: str) -> str:
     """The README's excerpt of a table: the ``columns=`` and ``rows=`` picked in its marker."""
     options = dict(re.findall(r"(\w+)=(\S+)", args))
-    columns = options.get("columns", "|".join(table["columns"])).split("|")
+    # In the marker, "_" stands for a space of a column name (image_AUROC = "image AUROC").
+    columns = [c.replace("_", " ") for c in options["columns"].split("|")] if "columns" in options else table["columns"]
     unknown = [c for c in columns if c not in table["columns"]]
     if unknown:
         raise TableError(f"README.md: results marker asks for columns {unknown}, not in its table")
@@ -121,15 +142,16 @@ def _readme_subset(table: dict, args: str) -> str:
     return markdown_table(columns, [[row[i] for i in index] for row in rows])
 
 
-def expected_files(results: Path = RESULTS) -> dict[Path, str]:
+def expected_files(results: Path | None = None) -> dict[Path, str]:
     """Every rendered file and its expected text: ``docs/results/<name>.md`` and the README."""
+    results = results or RESULTS
     out: dict[Path, str] = {}
     tables: dict[str, dict] = {}
     for path in sorted(results.glob("*.json")):
-        table = load_table(path)
-        if table is not None:
-            tables[path.stem] = table
-            out[RENDERED / f"{path.stem}.md"] = render(path.stem, table)
+        found = load_tables(path)
+        if found:
+            tables[path.stem] = found[0]  # the README's excerpt is of a file's first table
+            out[RENDERED / f"{path.stem}.md"] = render(path.stem, found)
     if README.is_file():
         text = README.read_text()
 
