@@ -62,7 +62,7 @@ def _cell(value: object, decimals: int | None = None) -> str:
 
 
 def _numeric(text: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?( ?(%|×|x))?( \([^)]*\))?", text.strip()))
+    return bool(re.fullmatch(r"[-+−]?[\d,]*\.?\d+(e[-+]?\d+)?( ?(%|×|x))?( \([^)]*\))?", text.strip()))
 
 
 def _validate(path: Path, table: object, where: str) -> dict:
