@@ -130,3 +130,11 @@ def test_an_unknown_readme_command_fails(tmp_path: Path) -> None:
         check("make install", tmp_path)
     with pytest.raises(Exception, match="model.no_such_key"):
         check("fapm train model.no_such_key=1", tmp_path)
+
+
+def test_readme_links_point_at_files_that_exist():
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text())
+    local = [link.split("#")[0] for link in links if not link.startswith(("http://", "https://", "#"))]
+    assert local, "the README links into the docs"
+    missing = sorted({link for link in local if not (REPO / link).exists()})
+    assert not missing, f"README links to missing files: {missing}"
