@@ -128,7 +128,7 @@ def render(name: str, tables: dict | list[dict]) -> str:
     return "".join(parts)
 
 
-def _readme_subset(table: dict, args: str) -> str:
+def _readme_subset(name: str, table: dict, args: str) -> str:
     """The README's excerpt of a table: the ``columns=`` and ``rows=`` picked in its marker."""
     options = dict(re.findall(r"(\w+)=(\S+)", args))
     # In the marker, "_" stands for a space of a column name (image_AUROC = "image AUROC").
@@ -139,7 +139,10 @@ def _readme_subset(table: dict, args: str) -> str:
     index = [table["columns"].index(c) for c in columns]
     wanted = options.get("rows")
     rows = [r for r in table["rows"] if wanted is None or _cell(r[0]).replace(" ", "_") in wanted.split("|")]
-    return markdown_table(columns, [[row[i] for i in index] for row in rows])
+    return markdown_table(columns, [[row[i] for i in index] for row in rows]) + (
+        f"\nMeasured {table['date']} on {table['machine']}; weights: {table['weights']}. "
+        f"Command and all columns: [docs/results/{name}.md](docs/results/{name}.md).\n"
+    )
 
 
 def expected_files(results: Path | None = None) -> dict[Path, str]:
@@ -159,7 +162,7 @@ def expected_files(results: Path | None = None) -> dict[Path, str]:
             name = match["name"]
             if name not in tables:
                 raise TableError(f"README.md: results marker names {name}, which has no benchmarks/results/{name}.json table")
-            return match["open"] + _readme_subset(tables[name], match["args"]) + match["close"]
+            return match["open"] + _readme_subset(name, tables[name], match["args"]) + match["close"]
 
         out[README] = README_BLOCK.sub(block, text)
     return out
