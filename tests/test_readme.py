@@ -52,10 +52,17 @@ def _sweep(overrides: list[str]) -> list[list[str]]:
 def check_hydra_command(command: str, args: list[str], tmp_path: Path) -> None:
     """Compose ``command``'s config with the README's overrides and validate it as a run would."""
     multirun = "-m" in args or "--multirun" in args
+    if "--cfg" in args:  # --cfg job|hydra|all prints the composed config: the composition is what is checked
+        at = args.index("--cfg")
+        assert args[at + 1] in ("job", "hydra", "all"), args
+        args = args[:at] + args[at + 2:]
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     assert all("=" in a for a in overrides), f"{command} {args}: every argument is key=value"
     jobs = _sweep(overrides) if multirun else [overrides]
-    assert not multirun or len(jobs) > 1, f"fapm {command} -m {overrides}: a multirun with one job"
+    # A multirun sweeps comma-separated values, or the sweeper parameters of an experiment config.
+    assert not multirun or len(jobs) > 1 or any(o.startswith("experiment=") for o in overrides), (
+        f"fapm {command} -m {overrides}: a multirun with one job"
+    )
     config_name = cli.HYDRA_COMMANDS[command][0]
     for job in jobs:
         cfg = compose_config(config_name, job, tmp_path)
@@ -121,6 +128,17 @@ def test_readme_has_the_cookbook_commands():
 
 @pytest.mark.parametrize("line", COMMANDS)
 def test_readme_command(line: str, tmp_path: Path) -> None:
+    check(line, tmp_path)
+
+
+#: Tutorial pages whose commands are checked the same way.
+TUTORIALS = ["docs/own_data.md", "docs/mvtec.md", "docs/configuration.md"]
+
+
+@pytest.mark.parametrize(
+    "line", [c for page in TUTORIALS for c in readme_commands((REPO / page).read_text()) if c.startswith("fapm ")]
+)
+def test_tutorial_command(line: str, tmp_path: Path) -> None:
     check(line, tmp_path)
 
 
