@@ -2,7 +2,7 @@
 and adaptive-rule choices, and the layer-wise vs concatenated distance relation, each on one set
 of extracted features per backbone.
 
-    # the real-data accuracy table (docs/readme/accuracy.md): 2 backbones x 5 models, 200 images
+    # the real-data accuracy table (docs/accuracy.md): 2 backbones x 5 models, 200 images
     python benchmarks/ablation_real.py --data mtd --max-train 200 \
         --backbones efficientnet_lite0,vgg16_bn_craft --out benchmarks/results/accuracy_mtd_200.json
     # image score softmax / max / patchcore for FAPM and PatchCore, on the demo

@@ -15,9 +15,9 @@ One process, one backbone, one set of extracted features:
   fp32 / INT8, OpenVINO fp32 / bf16 / INT8; :mod:`fapm.deploy`), each with its backbone alone
   in the same runtime (the head's share), plus anomalib's PatchCore exported to OpenVINO on
   the same images (``--anomalib-python``: a separate environment with anomalib, see
-  docs/readme/deploy.md).
+  docs/deploy.md).
 
-Prints Markdown tables and writes JSON. Example (the README's numbers)::
+Prints Markdown tables and writes JSON. Example (the numbers of docs/performance.md)::
 
     python benchmarks/speed.py --train-images 200 --sweep 50,100,200,400 --out benchmarks/results/speed_cpu.json
     python benchmarks/speed.py --variants "" --skip-rss --deploy --anomalib-python /work/venv-anomalib/bin/python \

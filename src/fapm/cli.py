@@ -343,7 +343,7 @@ def export_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} export",
         description="Write a deployable file of a model.safetensors's whole scoring path (normalisation, backbone, "
         "memory search, map and score): TorchScript runs with torch alone, ONNX with ONNX Runtime or OpenVINO, "
-        "OpenVINO IR with OpenVINO (docs/predict.md, README: Deploying on a CPU).",
+        "OpenVINO IR with OpenVINO (docs/predict.md, docs/deploy.md).",
     )
     parser.add_argument("model", help="a model.safetensors written by `fapm train`")
     parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="torchscript",

@@ -47,8 +47,8 @@ class UsageError(FapmError):
 #: a subclass comes before its base (the first match gives the hint).
 USER_ERROR_TYPES: dict[str, str] = {
     "fapm.inference.images:InputError": "check input= (an image, a folder or a quoted glob; docs/predict.md)",
-    "fapm.data.errors:DataError": "check data.root and data.category (README: MVTec AD and your own data)",
-    "fapm.models.features:BackboneError": "check the backbone.* keys (README: Backbone weights)",
+    "fapm.data.errors:DataError": "check data.root and data.category (docs/own_data.md)",
+    "fapm.models.features:BackboneError": "check the backbone.* keys (docs/install.md, Backbone weights)",
     "fapm.models.patch_memory:GridError": "model.grid must have at most as many rows and columns as every feature map of the backbone",
     "fapm.model_file:ModelFileError": "ckpt_path must be a model.safetensors written by `fapm train` (docs/predict.md)",
     "fapm.inference.thresholds:ThresholdError": "see docs/predict.md for the threshold choices",

@@ -364,7 +364,7 @@ class MemorySettings(Settings):
     adaptive_factor: float = setting(2.0, ge=1.0)
     distance_scale: Literal["raw", "per_channel", "relative"] = "raw"
     # quantile: the widest 1 − d_th share of each layer's regions is enlarged on any feature scale
-    # (absolute compares a saturated Eq. 1 with d_th: all or none; docs/readme/accuracy.md)
+    # (absolute compares a saturated Eq. 1 with d_th: all or none; docs/accuracy.md)
     threshold_mode: Literal["absolute", "quantile"] = "quantile"
     k: int = setting(4, ge=1, doc="neighbours per test vector")
     neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
@@ -374,13 +374,13 @@ class MemorySettings(Settings):
     align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
     align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
-    # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
+    # max: measured best with ImageNet features (docs/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")
     coreset_chunk_mb: float = setting(8.0, ge=0.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
-    # --- bounded fit memory (docs/readme/scale.md)
+    # --- bounded fit memory (docs/scale.md)
     feature_dtype: Literal["float32", "float16", "bfloat16"] = setting(
         "float32", doc="dtype the collected training features are stored in (distances are computed in float32)"
     )

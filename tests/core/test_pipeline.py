@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def trained(obvious_root, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("run")
     # The released code's softmax reweighting is scale-dependent and collapses on random-init
-    # distances (see README, "Image score"); the plain max is the score under test here.
+    # distances (see docs/accuracy.md, "Image score"); the plain max is the score under test here.
     cfg = compose_config("train", [*tiny_train_overrides(obvious_root), "model.image_score=max"], out)
     return train(cfg), out
 

@@ -11,4 +11,4 @@ class DataError(FapmError, ValueError):
     The message always names the offending path, so it can be shown to the user as is.
     """
 
-    hint = "check data.root and data.category (README: MVTec AD and your own data)"
+    hint = "check data.root and data.category (docs/own_data.md)"

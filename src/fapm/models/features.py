@@ -45,7 +45,7 @@ PretrainedMode = Literal["auto", "true", "false"]
 class BackboneError(FapmError, ValueError):
     """A backbone, layer or weight-file problem that the user must fix in the config."""
 
-    hint = "check the backbone.* keys (README: Backbone weights)"
+    hint = "check the backbone.* keys (docs/install.md, Backbone weights)"
 
 
 @dataclass

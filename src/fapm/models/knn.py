@@ -104,7 +104,7 @@ def faiss_module() -> Any:
         import faiss.contrib.torch_utils  # noqa: F401  (patches the index methods for torch tensors)
     except ImportError as err:  # pragma: no cover - depends on the install
         raise ImportError(
-            "model.search=faiss needs FAISS: pip install faiss-cpu, or faiss-gpu-cu12 for CUDA 12 (docs/readme/scale.md)"
+            "model.search=faiss needs FAISS: pip install faiss-cpu, or faiss-gpu-cu12 for CUDA 12 (docs/scale.md)"
         ) from err
     return faiss
 
@@ -272,7 +272,7 @@ class FaissKNN:
 class AutoKNN:
     """``search: auto``: exact :class:`TorchKNN` for memories up to ``min_vectors`` vectors per
     region (``min_vectors_cuda`` on CUDA), the given FAISS index above (the benchmark's rule,
-    docs/readme/scale.md). Decided at :meth:`fit` from the memory's size and device.
+    docs/scale.md). Decided at :meth:`fit` from the memory's size and device.
 
     Args:
         faiss: factory of the FAISS search used above the threshold.

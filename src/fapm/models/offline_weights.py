@@ -32,7 +32,7 @@ PREFIX = "imagenet:"
 class OfflineWeightsError(FapmError, ValueError):
     """An offline weight source that is unknown, not installed, or does not fit the model."""
 
-    hint = "check backbone.weights and backbone.name (README: Backbone weights)"
+    hint = "check backbone.weights and backbone.name (docs/install.md, Backbone weights)"
 
 
 def _packaged_file(package: str, module: str, holder: str, extra: str) -> Callable[[], Path]:
