@@ -108,7 +108,9 @@ def test_mvtec_dataset_standalone(mvtec_tree) -> None:
     root = mvtec_tree()
     assert len(MVTecDataset(root, "widget", "train")) == 4
     test = MVTecDataset(root, "widget", "test")
-    assert len(test) == 4 and test[0]["image"].shape == (3, 224, 224)
+    # the default pre-processing inspects the whole image: resize to 256, no crop
+    assert len(test) == 4 and test[0]["image"].shape == (3, 256, 256)
+    assert bool(test[0]["valid"].all())  # squashed: every pixel shows the image
     with pytest.raises(ValueError):
         MVTecDataset(root, "widget", "val")  # type: ignore[arg-type]
 

@@ -94,3 +94,19 @@ def test_metadata_round_trip_and_errors() -> None:
 def test_unknown_runtime() -> None:
     with pytest.raises(ValueError, match="runtime must be one of"):
         make_scorer("tensorrt", path="x.onnx")
+
+
+def test_openvino_equals_eager_on_an_uneven_grid(demo, info, tmp_path) -> None:
+    """Uneven regions (a 3x3 grid on 8x8 and 4x4 maps: gathers instead of reshapes) in OpenVINO too."""
+    pytest.importorskip("openvino", reason="the deploy extra (openvino) is not installed")
+    pytest.importorskip("onnxscript", reason="the deploy extra (onnx, onnxscript) is not installed")
+    from fapm.deploy import OpenVINOScorer, export_onnx
+
+    det = fit("fapm_uneven", demo["train"], info)
+    scorer = OpenVINOScorer(export_onnx(det, tmp_path / "uneven.onnx", info))
+    with torch.inference_mode():
+        want = det(normalised(demo["test"], info))
+    out = scorer.score_rgb(demo["test"])
+    torch.testing.assert_close(out.image_scores, want.image_scores, rtol=0, atol=ATOL)
+    torch.testing.assert_close(out.anomaly_maps, want.anomaly_maps, rtol=0, atol=ATOL)
+    assert float(want.anomaly_maps.std()) > 1e-3
