@@ -87,3 +87,10 @@ def test_hidden_share_of_the_centre_crop() -> None:
     # letterboxed: the crop cuts the padded sides' image rows less than a squashed image's
     wide = Preprocess(image_size=256, crop_size=224, resize="letterbox").hidden_share(512, 256)
     assert 0 < wide < 1 - (224 / 256) ** 2
+
+
+def test_border_note_says_what_the_crop_leaves_out() -> None:
+    note = Preprocess(image_size=256, crop_size=224).border_note()
+    assert "23.4 %" in note and "16-pixel border" in note and "crop_size=null" in note
+    assert Preprocess(image_size=256, crop_size=None).border_note() == ""
+    assert Preprocess(image_size=224, crop_size=224).border_note() == ""  # a crop of the whole image hides nothing

@@ -129,3 +129,15 @@ def test_gpu_matches_cpu(model_path: Path, model: FAPM, demo_images: list[Path])
 def test_cuda_graph_needs_a_cuda_device(model_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a CUDA device"):
         FAPM.load(model_path, device="cpu", cuda_graph=True)
+
+
+def test_predict_summary_says_what_a_crop_leaves_out(model: FAPM, demo_images: list[Path], tmp_path: Path) -> None:
+    """A model whose pre-processing crops says so in predict's summary (and the log), with the share hidden."""
+    from fapm.inference.predict import predict_files
+
+    model.preprocess = Preprocess(image_size=80, crop_size=64, mean=model.preprocess.mean, std=model.preprocess.std)
+    try:
+        summary = predict_files(model, demo_images[0], tmp_path / "out", progress=False)
+    finally:
+        model.preprocess = Preprocess.from_dict(model.file.preprocess)
+    assert summary.not_inspected == pytest.approx(1 - (64 / 80) ** 2)

@@ -118,6 +118,7 @@ def test_cli_scores_good_files_and_reports_each_bad_one(cli_run, mixed_folder: P
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == len(SCORED) and summary["failed"] + summary["skipped"] == len(EXPECTED_ERRORS)
     assert summary["skipped"] == 1 and summary["hidden"] == 1 and summary["exit_code"] == 0
+    assert summary["not_inspected"] == 0.0  # the model's crop (64 of 64) hides nothing
 
 
 def test_overlays_and_masks_at_the_original_size(cli_run, mixed_folder: Path) -> None:
