@@ -18,7 +18,7 @@ from fapm.errors import FapmError
 from fapm.fileio import write_text_atomically
 from fapm.metrics import names
 from fapm.reporting.runs import METRICS_FILE  # the run-folder layout is owned by its reader
-from fapm.settings import ConfigError, RunSettings, parse_run
+from fapm.settings import ConfigError, RunSettings, check_data_memory, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,16 @@ def validated_settings(cfg: DictConfig, groups: tuple[str, ...] = ("model", "bac
         except OmegaConfBaseException as err:  # an interpolation that cannot be resolved
             key = getattr(err, "full_key", None) or group
             problems.append(f"{key}: {getattr(err, 'msg', None) or err}")
+    trainer = cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs") if hasattr(trainer, "get") else None
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        # 0 epochs would "fit" nothing and write a model file that loading then refuses
+        problems.append(f"trainer.max_epochs: must be an integer >= 1, got {epochs!r}")
     if problems:
         raise ConfigError(problems)
-    return parse_run(plain)
+    settings = parse_run(plain)
+    check_data_memory(settings.data)  # an estimate against the machine, before any work
+    return settings
 
 
 def log_hyperparameters(cfg: DictConfig, loggers: list[Any]) -> None:
