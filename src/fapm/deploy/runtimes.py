@@ -71,6 +71,8 @@ class Scorer(ABC):
     """
 
     name: str = ""
+    #: the graph scored was checked against a digest signed with the signing key (fapm.deploy.digest)
+    verified: bool = False
 
     def __init__(self, info: DeployInfo) -> None:
         self.info = info
@@ -161,6 +163,10 @@ class OnnxRuntimeScorer(Scorer):
         self, path: str | Path, info: DeployInfo | None = None, threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
+        if info is None:  # a user's exported file: checked against its digest before use
+            from fapm.deploy.digest import verify
+
+            self.verified = verify(path)
         self.session = ort_session(path, threads, providers)
         self.path = Path(path)
         if info is None:
@@ -195,6 +201,10 @@ class OpenVINOScorer(Scorer):
         self, path: str | Path, info: DeployInfo | None = None, precision: str = "f32", threads: int | None = None,
         hint: str = "LATENCY",
     ) -> None:
+        if info is None:  # a user's exported file: checked against its digest before use
+            from fapm.deploy.digest import verify
+
+            self.verified = verify(path)
         self.compiled = ov_compile(path, precision, threads, hint)
         self.path = Path(path)
         self.precision = precision

@@ -1,0 +1,91 @@
+"""Signing holds through the runtime cache and exports (issue 25, point 3)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fapm.deploy import digest
+from fapm.inference import FAPM
+from fapm.model_file import KEY_ENV
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs the deploy extra (pip install -e '.[deploy]')",
+)
+
+
+def _scale_memories(path: Path, factor: float) -> None:
+    """Edit a cached graph the way an attacker would: every large float constant times ``factor``."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path))
+    for tensor in graph.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32 and array.size > 100:
+            tensor.CopyFrom(numpy_helper.from_array(array * factor, tensor.name))
+    onnx.save(graph, str(path))
+
+
+def test_an_edited_cache_is_rebuilt_and_verified_means_everything(
+    model_path: Path, demo_images: list[Path], tmp_path: Path, monkeypatch
+) -> None:
+    """Failed before: an edited cached .onnx moved a score (28.6 -> 98.8) and the model still said verified."""
+    monkeypatch.setenv("FAPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    plain = FAPM.load(model_path)
+    monkeypatch.setenv(KEY_ENV, "secret")
+    signed = plain.save(tmp_path / "signed.safetensors")  # signed with the key
+    want = FAPM.load(signed).predict(demo_images[-1]).score
+
+    first = FAPM.load(signed, runtime="onnxruntime")
+    assert first.verified and first.file.verified
+    assert first.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)
+    (cached,) = (tmp_path / "cache").glob("*.onnx")
+    assert digest.sidecar(cached).is_file()
+
+    _scale_memories(cached, 3.0)  # the sidecar now lies about the bytes
+    second = FAPM.load(signed, runtime="onnxruntime")
+    assert second.verified
+    assert second.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)  # rebuilt, not the edit
+
+    # an edit with a recomputed but unsigned digest (anyone can do that) is rebuilt as well
+    _scale_memories(cached, 3.0)
+    monkeypatch.delenv(KEY_ENV)
+    digest.write(cached, first.file.checksum)
+    monkeypatch.setenv(KEY_ENV, "secret")
+    third = FAPM.load(signed, runtime="onnxruntime")
+    assert third.verified and third.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)
+
+    # without a key nothing is verified, whatever runs
+    monkeypatch.delenv(KEY_ENV)
+    assert not FAPM.load(signed, runtime="onnxruntime").verified
+    assert not FAPM.load(signed).verified
+
+
+def test_exported_graph_carries_a_digest_checked_before_use(model_path: Path, tmp_path: Path, monkeypatch) -> None:
+    from fapm.deploy.runtimes import OnnxRuntimeScorer
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    model = FAPM.load(model_path)
+    monkeypatch.setenv(KEY_ENV, "secret")
+    signed = FAPM.load(model.save(tmp_path / "signed.safetensors"))
+    out = signed.export(tmp_path / "m.onnx", format="onnx")
+    assert digest.sidecar(out).is_file()
+    assert OnnxRuntimeScorer(out).verified
+    images = torch.rand(1, 3, signed.preprocess.output_size, signed.preprocess.output_size)
+    good = OnnxRuntimeScorer(out).score_rgb(images).image_scores
+    _scale_memories(out, 3.0)
+    with pytest.raises(digest.DigestError, match="has changed since it was exported"):
+        OnnxRuntimeScorer(out)
+    digest.sidecar(out).unlink()
+    with pytest.raises(digest.DigestError, match="has no digest"):
+        OnnxRuntimeScorer(out)
+    monkeypatch.delenv(KEY_ENV)
+    scorer = OnnxRuntimeScorer(out)  # no key, no digest: usable, but not verified
+    assert not scorer.verified and not torch.allclose(scorer.score_rgb(images).image_scores, good)
