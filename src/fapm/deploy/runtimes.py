@@ -39,6 +39,10 @@ class InputSizeError(ValueError):
     """Images of another shape than the model was exported (or fitted) for."""
 
 
+class NonFiniteInputError(ValueError):
+    """Images holding NaN or infinite pixels: never scored (a runtime may ignore them and say "good")."""
+
+
 @dataclass
 class DeployOutput(AnomalyOutput):
     """:class:`~fapm.types.AnomalyOutput` plus ``labels [B]`` (bool, ``score >= image_threshold``)."""
@@ -56,10 +60,20 @@ def check_images(images: Tensor | np.ndarray, info: DeployInfo, what: str) -> No
             f"as in its pre-processing), got {list(shape)}; a graph cannot score another size: pre-process the "
             f"images to {side}x{side} or export the model again for that size"
         )
+    values = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        bad = ~torch.isfinite(values).flatten(1).all(1)
+        raise NonFiniteInputError(
+            f"{what}: image(s) {bad.nonzero().flatten().tolist()} of the batch hold NaN or infinite pixels; "
+            "they are not scored (fix the pre-processing that produced them)"
+        )
 
 
 def labels_for(scores: Tensor, threshold: float | None) -> Tensor:
-    return scores >= threshold if threshold is not None else torch.zeros_like(scores, dtype=torch.bool)
+    """``score >= threshold``, failing closed: a NaN score is defective, never good."""
+    if threshold is None:
+        return torch.isnan(scores)
+    return ~(scores < threshold)
 
 
 class Scorer(ABC):
