@@ -156,6 +156,12 @@ def report_error(
     ``multirun``: the error is the first failed job of a sweep (in ``sweep_dir``, when known).
     """
     user = find_user_error(error)
+    system = _os_error(error) if user is None else None
+    if system is not None and not verbose:  # disk full, read-only or unreadable folder: the machine, not a bug
+        print(f"{PROG} {command}: error: {_describe_os_error(system)}", file=sys.stderr)
+        print(f"  hint: free disk space, or choose a folder you can write (paths.output_dir, data.root, out=) "
+              f"(traceback: {VERBOSE_FLAG})", file=sys.stderr)
+        return 1
     if user is None:  # a bug: everything that helps to find it
         traceback.print_exception(error)
         print(f"{PROG} {command}: unexpected error (a bug? please report it with the traceback above)",
@@ -172,6 +178,26 @@ def report_error(
     hint = hint_for(user).replace("<command>", command)
     print(f"  hint: {hint + ' ' if hint else ''}(traceback: {VERBOSE_FLAG})", file=sys.stderr)
     return code
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OS error (with an errno and a file name) behind ``error``, if any: ENOSPC, EROFS, EACCES..."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno and current.filename:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _describe_os_error(error: OSError) -> str:
+    import errno
+
+    name = errno.errorcode.get(error.errno or 0, "")
+    where = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    return f"cannot write or read {where}: {error.strerror or os.strerror(error.errno or 0)}" + (f" ({name})" if name else "")
 
 
 def _sweep_outcome(sweep_dir: Path | None) -> str:
@@ -218,16 +244,26 @@ def _guarded(
 
     ``sweep_dir()``: the multirun folder once a job of a sweep has started, else None.
     """
+    from fapm import signals
+
     try:
-        return run()
+        with signals.sigterm_as_interrupt():
+            status = run()
     except SystemExit as done:  # --help, argparse usage errors: keep their status, return it
+        if signals.received is not None:  # Lightning turns an interrupt into sys.exit(1)
+            print(f"{PROG} {command}: interrupted ({signals.describe()})", file=sys.stderr)
+            return signals.interrupt_status()
         return _exit_status(done.code)
-    except KeyboardInterrupt:
-        print(f"{PROG} {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"{PROG} {command}: interrupted ({signals.describe(interrupt)})", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     except Exception as error:  # noqa: BLE001 - the command line's last stop: report and exit
         sweep = sweep_dir()
         return report_error(error, command, verbose, multirun=sweep is not None, sweep_dir=sweep)
+    if signals.received is not None:  # a job caught the interrupt (a multirun records it and goes on)
+        print(f"{PROG} {command}: interrupted ({signals.describe()})", file=sys.stderr)
+        return signals.interrupt_status()
+    return status
 
 
 # ----------------------------------------------------------------------------------- hydra

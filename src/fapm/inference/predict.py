@@ -88,6 +88,9 @@ class PredictSummary:
     pixel_threshold: float | None = None
     message: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    #: True when the run stopped before every input had its row (Ctrl-C, SIGTERM, disk full...):
+    #: the results files hold the rows written so far, not the whole input.
+    partial: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -646,7 +649,11 @@ def _run(model: FAPM, input: str | Path, out: Path, batch_size: int, write_overl
             writer.flush()
         bar.close()
     except BaseException as exc:  # Ctrl-C, disk full...: the rows so far stay, the summary says why
-        summary.message = f"interrupted after {summary.scored + summary.failed + summary.skipped} row(s): {exc!r}"
+        summary.partial = True
+        summary.message = (
+            f"PARTIAL OUTPUT: interrupted after {summary.scored + summary.failed + summary.skipped} row(s) "
+            f"of {len(listing.entries) if 'listing' in locals() else '?'}: {exc!r}"
+        )
         with contextlib.suppress(Exception):  # never hide the cause behind a second failure
             writer.close()
             _finish(out, summary, start, writer.csv_path)

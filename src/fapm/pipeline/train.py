@@ -63,6 +63,7 @@ class _Progress:
     stage: str = "set-up"
     model_file: Path | None = None
     trainer: Any = None
+    module: Any = None
 
 
 def run_facts(module: Any, datamodule: Any) -> dict[str, Any]:
@@ -98,13 +99,22 @@ def _record_failure(cfg: DictConfig, out: Path, error: BaseException, progress: 
     """Write ``metrics.json`` with ``status: failed``; a second failure never hides the first."""
     if isinstance(error, SystemExit) and error.code in (0, None):
         return
+    from fapm import signals
+
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     facts: dict[str, Any] = {**config_facts(cfg), "output_dir": str(out), "failed_stage": progress.stage}
     if progress.model_file is not None:
         facts["model_file"] = str(progress.model_file)
+    # a test that finished keeps its metrics, whatever stops the run afterwards (figures, Ctrl-C)
+    tested = dict(getattr(progress.module, "test_results", None) or {})
+    if tested:
+        facts.update(progress.module.facts())
+        facts.update(tested)
+        facts["test_completed"] = True
     record = failure_metrics(error, facts)
     if interrupted:
-        record["error"] = f"interrupted during {progress.stage}"
+        cause = signals.describe(error) if isinstance(error, KeyboardInterrupt) or signals.received else None
+        record["error"] = f"interrupted{f' ({cause})' if cause else ''} during {progress.stage}"
     try:
         write_metrics(out / METRICS_FILE, record)
     except OSError as err:
@@ -123,6 +133,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     datamodule.setup("fit")  # lists and checks every file before the backbone is built
     progress.stage = "model set-up"
     module = _build_module(cfg, settings)
+    progress.module = module
     trainer, built = build_trainer(cfg)
     progress.trainer = trainer
     loggers.extend(built)
