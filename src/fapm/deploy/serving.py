@@ -124,21 +124,28 @@ def export_model(model: FAPM, out: Path, fmt: str, precision: str = "fp32", cali
     """
     from fapm.deploy.onnx_export import export_onnx
 
+    import tempfile
+
     _check_exportable(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    info = DeployInfo.from_model(model)
-    onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
-    if precision == "int8":
-        _export_int8(model, onnx_path, info, calibration_images, seed)
-    else:
-        replace_atomically(onnx_path, lambda tmp: export_onnx(model.detector.cpu().eval(), tmp, info))
+    if fmt == "openvino" and out.suffix != ".xml":
+        raise DeployError(f"an OpenVINO IR is an .xml file (with its .bin beside it), got {out}")
     if fmt == "openvino":
         try:
             import openvino as ov
         except ImportError as err:
-            raise DeployError(f"--format openvino needs openvino: {err}") from err
-        ov.save_model(ov.convert_model(str(onnx_path)), str(out))
-        onnx_path.unlink()
+            raise DeployError(f"format=openvino needs openvino: {err}") from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = DeployInfo.from_model(model)
+    # OpenVINO is converted from an intermediate ONNX file in a private folder: never a file
+    # beside the output (an existing model.onnx next to model.xml stays untouched)
+    with tempfile.TemporaryDirectory(prefix="fapm-export-") as scratch:
+        onnx_path = out if fmt == "onnx" else Path(scratch) / "graph.onnx"
+        if precision == "int8":
+            _export_int8(model, onnx_path, info, calibration_images, seed)
+        else:
+            replace_atomically(onnx_path, lambda tmp: export_onnx(model.detector.cpu().eval(), tmp, info))
+        if fmt == "openvino":
+            ov.save_model(ov.convert_model(str(onnx_path)), str(out))
     return out
 
 
