@@ -664,6 +664,13 @@ def parse_run(cfg: Mapping[str, Any]) -> RunSettings:
                 f"model.layer_weights: needs {streams} value(s), one per feature stream "
                 f"(fusion {model.fusion!r} of layers {list(backbone.layers)}), got {list(model.layer_weights)}"
             )
+        data = parsed["data"]
+        side = data.crop_size or data.image_size
+        if model.align != "none" and model.align_resolution > side:
+            problems.append(
+                f"model.align_resolution: {model.align_resolution} is larger than the input images ({side} px, "
+                f"data.crop_size / data.image_size): set it to at most {side}"
+            )
         if tuple(parsed["data"].mean) != tuple(backbone.mean) or tuple(parsed["data"].std) != tuple(backbone.std):
             problems.append(
                 f"data.mean/std {list(parsed['data'].mean)}/{list(parsed['data'].std)} differ from the "

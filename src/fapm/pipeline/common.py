@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,36 @@ def validated_settings(cfg: DictConfig, groups: tuple[str, ...] = ("model", "bac
     settings = parse_run(plain)
     check_data_memory(settings.data)  # an estimate against the machine, before any work
     return settings
+
+
+@contextlib.contextmanager
+def summarised_image_warnings(detector: Any, images: str) -> Iterator[None]:
+    """One warning with its count for a condition met image by image, instead of one per batch.
+
+    The detector warns per batch when test images fall back from alignment to the
+    neighbourhood search (:class:`~fapm.models.detector.AlignmentFallbackWarning`); Python's
+    warning filter then shows some of those lines and drops the rest. Inside this block they
+    are silenced, and the count the detector keeps (``aligner.counts``) is reported once.
+    """
+    from fapm.models.detector import AlignmentFallbackWarning
+
+    aligner = getattr(detector, "aligner", None)
+    before = dict(aligner.counts) if aligner is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlignmentFallbackWarning)
+        try:
+            yield
+        finally:
+            if aligner is not None:
+                fell = aligner.counts["fallback"] - before.get("fallback", 0)
+                scored = fell + aligner.counts["aligned"] - before.get("aligned", 0)
+                if fell:
+                    log.warning(
+                        "model.align=%s: %d of %d %s images did not register confidently (PSR < "
+                        "model.align_min_confidence=%g) and were scored with the neighbourhood search (radius "
+                        "%d) instead of being warped", aligner.mode, fell, scored, images, aligner.min_confidence,
+                        max(int(getattr(detector, "neighbourhood", 0)), int(aligner.radius)),
+                    )
 
 
 def log_hyperparameters(cfg: DictConfig, loggers: list[Any]) -> None:

@@ -18,7 +18,14 @@ from fapm.builders import build_datamodule
 from fapm.inference.thresholds import Thresholds
 from fapm.lightning.base import AnomalyModule
 from fapm.model_file import ModelFile, load_detector
-from fapm.pipeline.common import METRICS_FILE, build_trainer, output_dir, summary, write_metrics
+from fapm.pipeline.common import (
+    METRICS_FILE,
+    build_trainer,
+    output_dir,
+    summarised_image_warnings,
+    summary,
+    write_metrics,
+)
 from fapm.settings import ConfigError, DataSettings, parse_data
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = AnomalyModule(detector, name=file.model.name, timing_warmup=getattr(file.model, "timing_warmup", 2))
     module.thresholds = Thresholds.from_dict(file.thresholds)
     trainer, _ = build_trainer(cfg)
-    trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+    with summarised_image_warnings(detector, "test"):
+        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
     metrics: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
     metrics.update(module.facts())
     metrics["model_file"] = str(cfg.ckpt_path)

@@ -38,6 +38,7 @@ from fapm.pipeline.common import (
     build_trainer,
     log_hyperparameters,
     output_dir,
+    summarised_image_warnings,
     summary,
     validated_settings,
     write_metrics,
@@ -148,13 +149,17 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     writer = trainer.is_global_zero  # under DDP one process writes the run's files
 
     def save(thresholds: Thresholds) -> None:
+        # counts (alignment fallbacks, enlarged regions, k_effective) as they are now, after the
+        # work done so far: metrics.json and the model file always record the same numbers
+        facts = module.facts()
+        metrics.update(facts)
         if not cfg.get("save_model", True) or not writer:
             return
         progress.model_file = save_model(
             out / MODEL_FILE, module.detector, settings.model,
             None if isinstance(settings.model, LampSettings) else settings.backbone,
             datamodule.preprocess.to_dict(), data=settings.data, thresholds=thresholds.to_dict(),
-            facts=module.facts(), meta={"fit_seconds": fit_seconds},
+            facts=facts, meta={"fit_seconds": fit_seconds},
             include_backbone=bool(cfg.get("save_backbone", False)),
         )
         metrics["model_file"] = str(progress.model_file)
@@ -162,10 +167,11 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     progress.stage = "save"
     save(Thresholds())  # the fit is never lost, whatever happens next
     progress.stage = "thresholds"
-    thresholds = holdout_thresholds(
-        module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
-        progress=writer and trainer.progress_bar_callback is not None,
-    )
+    with summarised_image_warnings(module.detector, "held-out normal"):
+        thresholds = holdout_thresholds(
+            module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
+            progress=writer and trainer.progress_bar_callback is not None,
+        )
     if thresholds.n_normal == 0 and writer:
         log.warning(
             "no held-out normal images (data.normal_holdout=0): the model has no decision threshold, so "
@@ -176,10 +182,13 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     module.thresholds = thresholds
     if cfg.get("test", True):
         progress.stage = "test"
-        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+        with summarised_image_warnings(module.detector, "test"):
+            trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
         metrics.update(module.test_results)
         thresholds = thresholds.with_test_results(module.test_results)
         save(thresholds)
+    else:
+        metrics.update(module.facts())
     metrics.update(thresholds.as_metrics())
     metrics[STATUS_KEY] = STATUS_OK
     progress.stage = "report"
