@@ -173,9 +173,16 @@ def report_error(
         traceback.print_exception(error)
         return code
     message = _clean_message(user)
+    hint = hint_for(user).replace("<command>", command)
+    if command == "eval" and "use +data." in message:
+        # Hydra suggests +data.<key>=..., which fails too: eval has no data group unless one is chosen
+        key = message.split("use +data.", 1)[1].split("=", 1)[0].split()[0]
+        message = (f"data.{key}: eval uses the model's own dataset settings unless a data group is chosen, "
+                   "so there is no data.* key to override")
+        hint = ("to test another category: category=<name>; another dataset folder: data_root=<folder>; "
+                f"or choose a layout: data=mvtec data.root=<folder> data.{key}=<value>")
     where = f"{PROG} {command}" + (f" -m ({_sweep_outcome(sweep_dir)})" if multirun else "")
     print(f"{where}: error: {message}", file=sys.stderr)
-    hint = hint_for(user).replace("<command>", command)
     print(f"  hint: {hint + ' ' if hint else ''}(traceback: {VERBOSE_FLAG})", file=sys.stderr)
     return code
 
@@ -223,6 +230,11 @@ def _clean_message(error: BaseException) -> str:
     from fapm.errors import config_error_types
 
     text = str(error).strip() or type(error).__name__
+    if "\nOriginal Traceback (most recent call last):" in text:
+        # re-raised by a DataLoader worker: the worker's traceback is in the message; keep its last line
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
     cause = error.__cause__
     if isinstance(error, config_error_types()) and cause is not None and str(cause) not in text:
         text += f"\n{cause}"  # OmegaConf's reason behind a composition error ("Key 'x' is not in struct")

@@ -42,7 +42,22 @@ def data_settings(cfg: DictConfig, file: ModelFile) -> DataSettings:
         if file.data is None:
             raise ConfigError([f"data: {file.path} records no dataset; choose one, e.g. data=mvtec data.root=... "
                                "data.category=..."])
-        return parse_data({**file.data.to_dict(), **fixed}, "data")
+        stored = file.data.to_dict()
+        # the root comes from the command line or the config, never from the file (a crafted file
+        # could otherwise make eval generate demo data into a folder it names)
+        root = cfg.get("data_root")
+        if not root:
+            if not stored.get("generate_demo"):
+                raise ConfigError([
+                    f"data_root: {file.path} was fitted on a {stored.get('type')} dataset (category "
+                    f"{stored.get('category')!r}, stored root {stored.get('root')!r}); say where it is on this "
+                    "machine: data_root=<folder> (the root stored in a model file is never used)"
+                ])
+            root = f"{cfg.paths.data_dir}/fapm_demo"
+        stored["root"] = str(root)
+        if cfg.get("category"):
+            stored["category"] = str(cfg.category)
+        return parse_data({**stored, **fixed}, "data")
     merged = OmegaConf.merge(cfg, {"data": fixed})
     return parse_data(OmegaConf.to_container(merged.data, resolve=True), "data")
 
