@@ -290,13 +290,26 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
     results: list[Any] = []
     RecordSweep.sweep_dir = None
 
+    failures: list[Exception] = []
+
     def task_function(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from fapm.runlock import raise_if_refused
 
-        raise_if_refused()  # another run is writing into this run folder
-        with console.session(cfg.get("runtime")), _relaunchable(command):
-            _check_sweep_mode()
-            result = task(cfg)
+        try:
+            raise_if_refused()  # another run is writing into this run folder
+            with console.session(cfg.get("runtime")), _relaunchable(command):
+                _check_sweep_mode()
+                result = task(cfg)
+        except Exception as error:
+            if HydraConfig.get().mode != RunMode.RUN:
+                raise  # a multirun job: the launcher records the failure and goes on
+            # a single run: re-raised after Hydra returns, so that the error is reported once
+            # (Hydra would first print its own "Error executing job with overrides" line)
+            failures.append(error)
+            return None
         results.append(result)
         return result
 
@@ -321,6 +334,8 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
             else:
                 os.environ["HYDRA_FULL_ERROR"] = saved_env
+        if failures:
+            raise failures[0]
         return max((_exit_code_of(command, r) for r in results), default=0)
 
     # A multirun raises the first failed job's error once every job has run.

@@ -461,7 +461,7 @@ def parse_model(data: Mapping[str, Any] | None, where: str = "model") -> ModelSe
     """``model.*`` → the settings of its family (``model.family``, default ``memory``)."""
     data = dict(data or {})
     family = data.get("family", "memory")
-    if family not in MODEL_FAMILIES:
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:
         raise ConfigError([f"{where}.family: must be one of {', '.join(map(repr, MODEL_FAMILIES))}; got {family!r}"])
     return MODEL_FAMILIES[family].parse(data, where)  # type: ignore[return-value]
 
@@ -530,7 +530,7 @@ def parse_data(data: Mapping[str, Any] | None, where: str = "data") -> DataSetti
     """``data.*`` → the settings of its layout (``data.type``)."""
     data = dict(data or {})
     kind = data.get("type")
-    if kind not in DATA_TYPES:
+    if not isinstance(kind, str) or kind not in DATA_TYPES:
         raise ConfigError([f"{where}.type: must be one of {', '.join(map(repr, DATA_TYPES))}; got {kind!r}"])
     return DATA_TYPES[kind].parse(data, where)  # type: ignore[return-value]
 
@@ -655,6 +655,8 @@ def parse_run(cfg: Mapping[str, Any]) -> RunSettings:
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(f"seed: expected an integer, got {_describe(seed)}")
     elif not 0 <= seed <= MAX_SEED:
+        # backbone.seed and data.seed copy it (${seed}): one problem, not three
+        problems[:] = [p for p in problems if not (p.startswith(("backbone.seed:", "data.seed:")) and p.endswith(f"got {seed}"))]
         problems.append(f"seed: must be in [0, {MAX_SEED}], got {seed}")
     if not problems and isinstance(parsed["model"], MemorySettings):
         model, backbone = parsed["model"], parsed["backbone"]
