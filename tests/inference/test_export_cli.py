@@ -84,3 +84,16 @@ def test_cuda_without_a_gpu_is_one_line(model_path: Path, tmp_path: Path, capsys
     code, err = _export(capsys, f"model={model_path}", "device=cuda", f"out={tmp_path / 'm.pt'}")
     assert code == 2 and "CUDA is not available on this machine" in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_predict_checks_the_model_files_image_size_against_the_machine(model_path: Path, demo_images: list[Path],
+                                                                       tmp_path: Path, monkeypatch, capsys) -> None:
+    """The memory estimate applies to a model file's values too (issue 25, point 2), before any image is read."""
+    import fapm.settings
+
+    monkeypatch.setattr(fapm.settings, "available_memory", lambda: 1024**2)  # 1 MiB free
+    code = cli.main(["predict", f"ckpt_path={model_path}", f"input={demo_images[0]}", f"output={tmp_path / 'out'}",
+                     "batch_size=4", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "preprocess.image_size: 64 px with batch_size=4 needs about" in err, err
+    assert not (tmp_path / "out" / "results.csv").exists()

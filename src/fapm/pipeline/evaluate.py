@@ -26,7 +26,7 @@ from fapm.pipeline.common import (
     summary,
     write_metrics,
 )
-from fapm.settings import ConfigError, DataSettings, parse_data
+from fapm.settings import ConfigError, DataSettings, check_data_memory, parse_data
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = output_dir(cfg)
     detector, file = load_detector(cfg.ckpt_path)
-    datamodule = build_datamodule(data_settings(cfg, file))
+    data = data_settings(cfg, file)
+    check_data_memory(data)  # the model file's image size with this run's batch sizes, before any work
+    datamodule = build_datamodule(data)
     datamodule.prepare_data()
     datamodule.setup("test")
     module = AnomalyModule(detector, name=file.model.name, timing_warmup=getattr(file.model, "timing_warmup", 2))
