@@ -44,8 +44,16 @@ def test_help_lists_the_keys(capsys) -> None:
         assert f"\n  {key} " in out, key
 
 
-def test_export_never_clobbers(model_path: Path, tmp_path: Path, capsys) -> None:
+def test_export_never_clobbers(model_path: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Failed before: `--out v.safetensors` replaced the model with a TorchScript file (exit 0)."""
+    written = []
+
+    def fake(model, out: Path, precision: str) -> Path:  # the command's checks, without tracing a graph
+        written.append(out)
+        out.write_bytes(b"graph %d" % len(written))
+        return out
+
+    monkeypatch.setitem(cli.EXPORTERS, "torchscript", fake)
     model = tmp_path / "v.safetensors"
     model.write_bytes(model_path.read_bytes())
     before = model.read_bytes()
@@ -60,12 +68,21 @@ def test_export_never_clobbers(model_path: Path, tmp_path: Path, capsys) -> None
     out = tmp_path / "new" / "deeper" / "m.pt"  # a missing folder is created
     code, err = _export(capsys, f"model={model}", f"out={out}")
     assert code == 0, err
-    first = out.read_bytes()
-    assert (out.parent / "m.pt.fapm-digest.json").is_file()
+    assert out.read_bytes() == b"graph 1"
     code, err = _export(capsys, f"model={model}", f"out={out}")
     assert code == 2 and "already exist(s); nothing was written" in err and "overwrite=true" in err
-    assert out.read_bytes() == first
+    assert out.read_bytes() == b"graph 1" and len(written) == 1
     assert _export(capsys, f"model={model}", f"out={out}", "overwrite=true")[0] == 0
+    assert out.read_bytes() == b"graph 2" and model.read_bytes() == before
+
+
+def test_export_writes_a_digest_beside_the_graph(model_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m.pt"
+    code, err = _export(capsys, f"model={model_path}", f"out={out}")
+    assert code == 0, err
+    assert out.is_file() and (tmp_path / "m.pt.fapm-digest.json").is_file()
+    code, err = _export(capsys, f"model={model_path}", f"out={out}")  # the digest counts as an output too
+    assert code == 2 and "already exist(s)" in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the deploy extra")

@@ -54,14 +54,6 @@ def test_an_edited_cache_is_rebuilt_and_verified_means_everything(
     assert second.verified
     assert second.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)  # rebuilt, not the edit
 
-    # an edit with a recomputed but unsigned digest (anyone can do that) is rebuilt as well
-    _scale_memories(cached, 3.0)
-    monkeypatch.delenv(KEY_ENV)
-    digest.write(cached, first.file.checksum)
-    monkeypatch.setenv(KEY_ENV, "secret")
-    third = FAPM.load(signed, runtime="onnxruntime")
-    assert third.verified and third.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)
-
     # without a key nothing is verified, whatever runs
     monkeypatch.delenv(KEY_ENV)
     assert not FAPM.load(signed, runtime="onnxruntime").verified
@@ -89,3 +81,26 @@ def test_exported_graph_carries_a_digest_checked_before_use(model_path: Path, tm
     monkeypatch.delenv(KEY_ENV)
     scorer = OnnxRuntimeScorer(out)  # no key, no digest: usable, but not verified
     assert not scorer.verified and not torch.allclose(scorer.score_rgb(images).image_scores, good)
+
+
+def test_a_digest_recomputed_without_the_key_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Anyone can recompute a sha256: with a key set, only a digest signed with it counts."""
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph bytes")
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    digest.write(graph, "abc")
+    assert digest.verify(graph, "abc") is False  # intact, but nothing to verify it with
+    monkeypatch.setenv(KEY_ENV, "secret")
+    with pytest.raises(digest.DigestError, match="not signed with the signing key"):
+        digest.verify(graph, "abc")
+    digest.write(graph, "abc")
+    assert digest.verify(graph, "abc") is True
+    with pytest.raises(digest.DigestError, match="exported from another model file"):
+        digest.verify(graph, "another")
+    monkeypatch.setenv(KEY_ENV, "other key")
+    with pytest.raises(digest.DigestError, match="not signed with the signing key"):
+        digest.verify(graph, "abc")
+    monkeypatch.setenv(KEY_ENV, "secret")
+    graph.write_bytes(b"edited bytes")
+    with pytest.raises(digest.DigestError, match="has changed since it was exported"):
+        digest.verify(graph, "abc")
