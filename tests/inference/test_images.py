@@ -61,7 +61,7 @@ def test_multi_frame_images_are_refused(tmp_path: Path, suffix: str) -> None:
     from PIL import Image
 
     from fapm.data.errors import DataError
-    from fapm.data.image_io import load_rgb
+    from fapm.data.image_io import load_rgb, read_size
     from fapm.inference.images import open_image
 
     frames = [Image.new("RGB", (32, 32), (v, v, v)) for v in (0, 255)]
@@ -69,6 +69,8 @@ def test_multi_frame_images_are_refused(tmp_path: Path, suffix: str) -> None:
     frames[0].save(path, save_all=True, append_images=frames[1:])
     with pytest.raises(DataError, match="holds 2 frames"):
         load_rgb(path)
+    with pytest.raises(DataError, match="holds 2 frames"):  # the header check of a data set's set-up
+        read_size(path)
     with pytest.raises(InputError, match="holds 2 frames"):
         open_image(path)
     with Image.open(path) as opened, pytest.raises(InputError, match="holds 2 frames"):

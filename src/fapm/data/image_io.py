@@ -257,8 +257,13 @@ def read_size(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("ignore")
             with open(path, "rb") as handle, Image.open(handle, formats=_formats()) as img:
                 width, height = img.size
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                if frames > 1:  # refused at set-up already, before any fit
+                    raise DataError(f"{path}: {multi_frame_message(frames)}")
                 if _orientation(img) in _SWAPS_SIDES:
                     width, height = height, width
                 return width, height
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - see _open_loaded
         raise _unreadable(path, exc) from exc
