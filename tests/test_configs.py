@@ -84,6 +84,7 @@ def test_data_configs_validate_and_build(data: str, tmp_path: Path) -> None:
         ("model.grid=[9999,9999]", r"model\.grid: each side must be <= 64"),
         ("seed=-5", r"seed: must be in \[0, 4294967295\]"),
         ("trainer.max_epochs=0", r"trainer\.max_epochs: must be an integer >= 1"),
+        ("backbone.name=resnet999", r"backbone\.name: \w+ has no model named 'resnet999'"),
     ],
 )
 def test_bad_values_are_refused_with_their_key(override: str, message: str, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from fapm.errors import FapmError
 from fapm.fileio import write_text_atomically
 from fapm.metrics import names
 from fapm.reporting.runs import METRICS_FILE  # the run-folder layout is owned by its reader
-from fapm.settings import ConfigError, RunSettings, check_data_memory, parse_run
+from fapm.settings import ConfigError, LampSettings, RunSettings, check_data_memory, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,27 @@ def validated_settings(cfg: DictConfig, groups: tuple[str, ...] = ("model", "bac
     if problems:
         raise ConfigError(problems)
     settings = parse_run(plain)
+    if not isinstance(settings.model, LampSettings):  # LAMP has no backbone
+        check_backbone_name(settings.backbone.name, settings.backbone.library)
     check_data_memory(settings.data)  # an estimate against the machine, before any work
     return settings
+
+
+def check_backbone_name(name: str, library: str) -> None:
+    """:class:`ConfigError` when ``library`` has no model ``name`` (found before the data is listed)."""
+    if library == "timm":
+        import timm
+
+        known = timm.is_model(name)
+    else:
+        import torchvision
+
+        known = name in torchvision.models.list_models()
+    if not known:
+        raise ConfigError([
+            f"backbone.name: {library} has no model named {name!r} (backbone.library={library}; e.g. resnet18, "
+            "wide_resnet50_2, or a backbone=<option> config)"
+        ])
 
 
 @contextlib.contextmanager
