@@ -59,6 +59,23 @@ def test_an_interrupt_while_figures_are_drawn_keeps_the_test_metrics(root: Path,
     assert written["error"] == "interrupted (SIGINT) during test"
 
 
+def test_test_metrics_are_on_disk_before_the_figures_are_drawn(root: Path, tmp_path: Path, monkeypatch) -> None:
+    """A kill -9 while the figures are drawn (nothing can catch it) still leaves the test metrics."""
+    from fapm.lightning.base import AnomalyModule
+
+    out = tmp_path / "run"
+    seen = []
+
+    def drawing(self, *args, **kwargs):  # runs after every callback's on_test_end, as late as any figure
+        seen.append(json.loads((out / "metrics.json").read_text()))
+
+    monkeypatch.setattr(AnomalyModule, "on_test_end", drawing, raising=False)
+    assert cli.main(["train", *_overrides(root, out)]) == 0
+    (during,) = seen
+    assert during["image_auroc"] >= 0.9 and during["failed_stage"] == "figures" and during["test_completed"] is True
+    assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
+
+
 def test_disk_full_and_read_only_are_one_line_naming_path_and_errno(capsys) -> None:
     """Failed before: OSError tracebacks ending in 'a bug? please report it'."""
     for code, name in ((errno.ENOSPC, "ENOSPC"), (errno.EROFS, "EROFS"), (errno.EACCES, "EACCES")):

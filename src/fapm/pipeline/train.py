@@ -182,6 +182,18 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     module.thresholds = thresholds
     if cfg.get("test", True):
         progress.stage = "test"
+
+        def test_metrics_first() -> None:
+            """The finished test's metrics on disk before the figures are drawn (a kill -9 while
+            drawing keeps them); the final record replaces this one."""
+            if writer and module.test_results:
+                write_metrics(out / METRICS_FILE, {
+                    **metrics, **module.facts(), **module.test_results, STATUS_KEY: "failed",
+                    "failed_stage": "figures", "test_completed": True,
+                    "error": "the run stopped after the test, while the figures were drawn",
+                })
+
+        trainer.callbacks.insert(0, _BeforeFigures(test_metrics_first))  # before the figure callbacks
         with summarised_image_warnings(module.detector, "test"):
             trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
         metrics.update(module.test_results)
@@ -197,6 +209,16 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
         log_metrics_table(loggers, metrics, out, step=trainer.global_step)
         print(summary(metrics, f"train {metrics.get('model')} on {metrics.get('category')}"))
     return metrics
+
+
+class _BeforeFigures(L.Callback):
+    """Calls ``action`` when the test ends, before the callbacks after it (the figures) run."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.action()
 
 
 def _build_module(cfg: DictConfig, settings: RunSettings) -> Any:
