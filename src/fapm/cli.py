@@ -3,8 +3,9 @@
 ``train``, ``eval`` and ``predict`` are Hydra applications on the packaged configs
 (``fapm.conf``): everything after the command is passed to Hydra unchanged (``key=value``
 overrides, ``-m`` for a multirun, ``--cfg job``, ``--help``). ``export`` takes ``key=value``
-arguments too (:data:`EXPORT_KEYS`); ``report`` is a plain ``argparse`` command. ``python train.py`` / ``eval.py`` / ``predict.py`` / ``report.py``
-call :func:`main` with the same arguments.
+arguments too (:data:`EXPORT_KEYS`); ``report`` is a plain ``argparse`` command.
+``python train.py`` / ``eval.py`` / ``predict.py`` / ``report.py`` call :func:`main` with the
+same arguments.
 
 Errors (see :mod:`fapm.errors`): a user error (bad path, data, weights file, config value)
 prints ``error: <message>`` and a ``hint:`` line and exits with status 1; a wrong override or
@@ -204,7 +205,8 @@ def _describe_os_error(error: OSError) -> str:
 
     name = errno.errorcode.get(error.errno or 0, "")
     where = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
-    return f"cannot write or read {where}: {error.strerror or os.strerror(error.errno or 0)}" + (f" ({name})" if name else "")
+    reason = error.strerror or os.strerror(error.errno or 0)
+    return f"cannot write or read {where}: {reason}" + (f" ({name})" if name else "")
 
 
 def _sweep_outcome(sweep_dir: Path | None) -> str:

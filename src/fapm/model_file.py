@@ -370,7 +370,9 @@ def _check_file_type(path: Path) -> None:
         else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
         else "not a regular file"
     )
-    raise ModelFileError(f"model file {path} is {kind}, not a model file", hint="ckpt_path must name a model.safetensors file")
+    raise ModelFileError(
+        f"model file {path} is {kind}, not a model file", hint="ckpt_path must name a model.safetensors file"
+    )
 
 
 def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelFile:
