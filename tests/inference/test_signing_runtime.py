@@ -46,6 +46,9 @@ def test_an_edited_cache_is_rebuilt_and_verified_means_everything(
     first = FAPM.load(signed, runtime="onnxruntime")
     assert first.verified and first.file.verified
     assert first.predict(demo_images[-1]).score == pytest.approx(want, rel=1e-4)
+    from fapm.inference.predict import predict_files
+
+    assert predict_files(first, demo_images[-1], tmp_path / "out", progress=False).verified  # in summary.json
     (cached,) = (tmp_path / "cache").glob("*.onnx")
     assert digest.sidecar(cached).is_file()
 

@@ -91,6 +91,9 @@ class PredictSummary:
     #: True when the run stopped before every input had its row (Ctrl-C, SIGTERM, disk full...):
     #: the results files hold the rows written so far, not the whole input.
     partial: bool = False
+    #: True only when the model file and every graph that scored were verified with the signing key
+    #: (``FAPM.verified``; docs/reliability.md, "Model files are data").
+    verified: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -600,7 +603,7 @@ def predict_files(
 def _run(model: FAPM, input: str | Path, out: Path, batch_size: int, write_overlays: bool, write_masks: bool,
          alpha: float, progress: bool) -> PredictSummary:
     summary = PredictSummary(str(input), str(out), image_threshold=model.image_threshold,
-                             pixel_threshold=model.pixel_threshold)
+                             pixel_threshold=model.pixel_threshold, verified=bool(getattr(model, "verified", False)))
     writer = ResultWriter(out)
     summary.files = {"results_csv": str(writer.csv_path), "results_jsonl": str(writer.jsonl_path)}
     start = time.perf_counter()
