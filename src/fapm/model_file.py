@@ -438,7 +438,8 @@ def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tenso
                     f"model file {path}: its settings ask for {fact} {wanted} but its memory was built with "
                     f"{facts[fact]}"
                 )
-    if isinstance(model, MemorySettings) and backbone is not None:
+    stated = isinstance(header.get("preprocess"), dict) and {"mean", "std"} <= set(header["preprocess"])
+    if isinstance(model, MemorySettings) and backbone is not None and stated:
         if (list(preprocess.mean), list(preprocess.std)) != (list(backbone.mean), list(backbone.std)):
             raise ModelFileError(
                 f"model file {path}: preprocess.mean/std differ from the backbone's normalisation "
