@@ -63,6 +63,7 @@ def _set(section: str, key: str, value):
         (_set("preprocess", "mean", [0.5, 0.5]), r"preprocess\.mean: needs 3 values"),
         (_set("preprocess", "std", [0.2, 0.0, 0.2]), r"preprocess\.std: every value must be > 0"),
         (_set("preprocess", "resize", "lanczos"), r"preprocess\.resize: unknown key"),
+        (_set("preprocess", "mean", [0.5, 0.5, 0.5]), r"preprocess\.mean/std differ from the backbone's normalisation"),
         (lambda h: h.update(preprocess="224"), r"preprocess: expected a group of keys"),
         (lambda h: h["thresholds"]["image"].update(quantile="high"), r"thresholds\.image\.quantile: expected a number"),
         (lambda h: h["thresholds"]["image"].update(top=1), r"thresholds\.image\.top: unknown key"),
