@@ -43,7 +43,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 OTHER_COMMANDS: dict[str, str] = {
     "report": "result tables (Markdown + CSV) from run or multirun folders",
-    "export": "write a deployable model file from a model.safetensors (TorchScript)",
+    "export": "write a deployable file (TorchScript, ONNX, OpenVINO) of a model.safetensors: model=<file> format=...",
 }
 
 #: Export formats the command accepts: name → default file suffix (next to the model file).
@@ -455,33 +455,33 @@ def parse_export_args(argv: Sequence[str]) -> dict[str, Any]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
-            raise UsageError(f"export arguments are key=value, got {arg!r}",
+            raise UsageError(f"arguments are key=value, got {arg!r}",
                              hint=f"e.g. {PROG} export model={arg} ({PROG} export --help lists the keys)")
         key = key.strip().lstrip("+")
         if key not in EXPORT_KEYS:
-            raise UsageError(f"export: unknown key {key!r} (keys: {', '.join(EXPORT_KEYS)})",
+            raise UsageError(f"unknown key {key!r} (keys: {', '.join(EXPORT_KEYS)})",
                              hint=f"{PROG} export --help lists the keys")
         if key in given:
-            raise UsageError(f"export: {key}= given twice")
+            raise UsageError(f"{key}= given twice")
         given[key] = value.strip()
     values = {k: given.get(k, default) for k, (default, _) in EXPORT_KEYS.items()}
     if not values["model"]:
-        raise UsageError("export: model= is required", hint=f"{PROG} export model=<model.safetensors>")
+        raise UsageError("model= is required", hint=f"{PROG} export model=<model.safetensors>")
     fmt = values["format"]
     if fmt not in EXPORT_FORMATS:
-        raise UsageError(f"export: format must be {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
+        raise UsageError(f"format must be {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
     if values["precision"] not in ("fp32", "int8"):
-        raise UsageError(f"export: precision must be fp32 or int8; got {values['precision']!r}")
+        raise UsageError(f"precision must be fp32 or int8; got {values['precision']!r}")
     if values["precision"] == "int8" and fmt == "torchscript":
-        raise UsageError("export: precision=int8 needs format=onnx or format=openvino")
+        raise UsageError("precision=int8 needs format=onnx or format=openvino")
     overwrite = values["overwrite"].lower()
     if overwrite not in ("true", "false"):
-        raise UsageError(f"export: overwrite must be true or false; got {values['overwrite']!r}")
+        raise UsageError(f"overwrite must be true or false; got {values['overwrite']!r}")
     model = Path(values["model"])
     out = Path(values["out"]) if values["out"] else model.with_name(model.stem + EXPORT_FORMATS[fmt])
     if not out.name.endswith(EXPORT_SUFFIXES[fmt]):
         raise UsageError(
-            f"export: format={fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file, but out={out} has another suffix",
+            f"format={fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file, but out={out} has another suffix",
             hint=f"use out=<name>{EXPORT_SUFFIXES[fmt][0]}, or the format that suffix names",
         )
     return {"model": model, "format": fmt, "out": out, "precision": values["precision"],
@@ -502,14 +502,14 @@ def check_export_target(model: Path, out: Path, fmt: str, overwrite: bool) -> No
     """Refuse an output that is the model itself, or a file that exists (unless ``overwrite``)."""
     for target in export_outputs(out, fmt):
         if target.exists() and model.exists() and os.path.samefile(target, model):
-            raise UsageError(f"export: out={out} would overwrite the model file {model} itself",
+            raise UsageError(f"out={out} would overwrite the model file {model} itself",
                              hint="choose another out=")
         if target.is_dir():
-            raise UsageError(f"export: {target} is a folder", hint="out= names the file to write")
+            raise UsageError(f"{target} is a folder", hint="out= names the file to write")
     existing = [t for t in export_outputs(out, fmt) if t.exists() or t.is_symlink()]
     if existing and not overwrite:
         raise UsageError(
-            f"export: {', '.join(map(str, existing))} already exist(s); nothing was written",
+            f"{', '.join(map(str, existing))} already exist(s); nothing was written",
             hint="set overwrite=true to replace it, or choose another out=",
         )
 
@@ -529,13 +529,13 @@ def export_main(argv: Sequence[str]) -> int:
     try:
         device = check_device(args["device"])
     except PredictError as err:
-        raise UsageError(f"export: {err}") from None
+        raise UsageError(f"{err}") from None
     check_export_target(model_path, out, fmt, args["overwrite"])
     read_model_file(model_path)  # one clear error for a bad model file, before the folder is made
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"export: cannot create the folder of out={out}: {err.strerror or err}") from err
+        raise UsageError(f"cannot create the folder of out={out}: {err.strerror or err}") from err
     written = EXPORTERS[fmt](FAPM.load(model_path, device=device), out, args["precision"])
     print(f"exported {model_path} -> {written} ({fmt}, {args['precision']})")
     return 0

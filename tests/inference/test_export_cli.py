@@ -18,17 +18,17 @@ def _export(capsys, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    ([], "export: model= is required"),
-    (["m.safetensors"], "export arguments are key=value, got 'm.safetensors'"),
-    (["model=m.safetensors", "--format", "onnx"], "export arguments are key=value, got '--format'"),
-    (["model=m.safetensors", "fmt=onnx"], "export: unknown key 'fmt'"),
-    (["model=m.safetensors", "format=tflite"], "export: format must be torchscript, onnx, openvino; got 'tflite'"),
-    (["model=m.safetensors", "precision=int4"], "export: precision must be fp32 or int8; got 'int4'"),
-    (["model=m.safetensors", "precision=int8"], "export: precision=int8 needs format=onnx or format=openvino"),
-    (["model=m.safetensors", "overwrite=maybe"], "export: overwrite must be true or false; got 'maybe'"),
-    (["model=m.safetensors", "format=openvino", "out=m.onnx"], "export: format=openvino writes a .xml file, but out=m.onnx"),
-    (["model=m.safetensors", "format=onnx", "out=m.pt"], "export: format=onnx writes a .onnx file"),
-    (["model=m.safetensors", "out=m.safetensors"], "export: format=torchscript writes a .pt file"),
+    ([], "model= is required"),
+    (["m.safetensors"], "arguments are key=value, got 'm.safetensors'"),
+    (["model=m.safetensors", "--format", "onnx"], "arguments are key=value, got '--format'"),
+    (["model=m.safetensors", "fmt=onnx"], "unknown key 'fmt'"),
+    (["model=m.safetensors", "format=tflite"], "format must be torchscript, onnx, openvino; got 'tflite'"),
+    (["model=m.safetensors", "precision=int4"], "precision must be fp32 or int8; got 'int4'"),
+    (["model=m.safetensors", "precision=int8"], "precision=int8 needs format=onnx or format=openvino"),
+    (["model=m.safetensors", "overwrite=maybe"], "overwrite must be true or false; got 'maybe'"),
+    (["model=m.safetensors", "format=openvino", "out=m.onnx"], "format=openvino writes a .xml file, but out=m.onnx"),
+    (["model=m.safetensors", "format=onnx", "out=m.pt"], "format=onnx writes a .onnx file"),
+    (["model=m.safetensors", "out=m.safetensors"], "format=torchscript writes a .pt file"),
 ])
 def test_bad_arguments_are_one_line_before_any_work(capsys, args, message) -> None:
     """Failed before: --out into the model overwrote it; a non-.xml OpenVINO name left a stray .onnx."""
