@@ -82,12 +82,12 @@ def test_export_and_report_on_the_trained_run(
     work, done = trained_by_cli
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (work / "logs" / "train" / "runs").iterdir()
-    assert cli.main(["export", str(run / "model.safetensors")]) == 0
+    assert cli.main(["export", f"model={run / 'model.safetensors'}"]) == 0
     assert (run / "model.torchscript.pt").is_file()
-    assert cli.main(["export", str(run / "model.safetensors"), "--precision", "int8"]) == 2
-    assert "--precision int8 needs --format onnx or openvino" in capsys.readouterr().err
+    assert cli.main(["export", f"model={run / 'model.safetensors'}", "precision=int8"]) == 2
+    assert "precision=int8 needs format=onnx or format=openvino" in capsys.readouterr().err
     if importlib.util.find_spec("onnxruntime") is not None:  # the deploy extra (CI installs it)
-        assert cli.main(["export", str(run / "model.safetensors"), "--format", "onnx"]) == 0
+        assert cli.main(["export", f"model={run / 'model.safetensors'}", "format=onnx"]) == 0
         assert (run / "model.onnx").is_file()
     assert cli.main(["report", str(run), "--out", str(work / "report")]) == 0
     assert "| plate |" in (work / "report" / "report.md").read_text()

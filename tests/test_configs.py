@@ -66,25 +66,53 @@ def test_data_configs_validate_and_build(data: str, tmp_path: Path) -> None:
     [
         ("model.d_th=abc", r"model\.d_th: expected a number, got 'abc'"),
         ("model.k=four", r"model\.k: expected an integer"),
-        ("model.k=0", r"model\.k: must be >= 1"),
+        ("model.k=0", r"model\.k: must be in \[1, 1024\]"),
         ("+model.foo=1", r"model\.foo: unknown key"),
-        ("model.blur_sigma=-1", r"model\.blur_sigma: must be >= 0"),
+        ("model.blur_sigma=-1", r"model\.blur_sigma: must be in \[0\.0, 64\.0\]"),
         ("model.coreset_ratio=1.5", r"model\.coreset_ratio: must be in \(0\.0, 1\.0\]"),
         ("model.grid=[7]", r"model\.grid: expected a list of 2 values"),
         ("model.image_score=mean", r"model\.image_score: must be one of"),
         ("model.layer_weights=[1.0]", r"model\.layer_weights: needs 2 value"),
-        ("backbone.pool_size=0", r"backbone\.pool_size: must be >= 1"),
+        ("backbone.pool_size=0", r"backbone\.pool_size: must be in \[1, 31\]"),
         ("backbone.pool_size=2", r"backbone\.pool_size: must be odd"),
         ("data.crop_size=300", r"data\.crop_size: must be <= image_size"),
         ("data.normal_holdout=1.0", r"data\.normal_holdout: must be in \[0\.0, 1\.0\)"),
         ("thresholds.image_quantile=2", r"thresholds\.image_quantile: must be in \(0\.0, 1\.0\)"),
         ("seed=abc", r"seed: expected an integer"),
+        # issue 25: one value must not cost all memory or hours
+        ("data.image_size=30000", r"data\.image_size: must be in \[16, 4096\]"),
+        ("model.neighbourhood=1000000000", r"model\.neighbourhood: must be in \[0, 64\]"),
+        ("model.blur_sigma=1e5", r"model\.blur_sigma: must be in \[0\.0, 64\.0\]"),
+        ("model.memory_cap=1e12", r"model\.memory_cap: must be in \[1, 10000000\]"),
+        ("model.grid=[9999,9999]", r"model\.grid: each side must be <= 64"),
+        ("seed=-5", r"seed: must be in \[0, 4294967295\]"),
+        ("trainer.max_epochs=0", r"trainer\.max_epochs: must be an integer >= 1"),
+        ("backbone.name=resnet999", r"backbone\.name: \w+ has no model named 'resnet999'"),
     ],
 )
 def test_bad_values_are_refused_with_their_key(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [*BASE, override], tmp_path)
     with pytest.raises(ConfigError, match=message):
         validated_settings(cfg)
+
+
+def test_align_resolution_larger_than_the_input_is_a_config_error(tmp_path: Path) -> None:
+    """Failed before: a ValueError from inside the fit ("a bug?")."""
+    cfg = compose_config("train", [*BASE, "model.align=translation", "data.image_size=96", "data.crop_size=64"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.align_resolution: 128 is larger than the input images \(64 px"):
+        validated_settings(cfg)
+
+
+def test_a_run_that_needs_more_memory_than_the_machine_has_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """The estimate of one batch's activations is checked against the available memory, naming the key."""
+    import fapm.settings as settings_module
+
+    cfg = compose_config("train", [*BASE, "data.image_size=4096", "data.crop_size=4096"], tmp_path)
+    monkeypatch.setattr(settings_module, "available_memory", lambda: 8 * 1024**3)
+    with pytest.raises(ConfigError, match=r"data\.image_size: 4096 px with data\.train_batch_size=8 needs about 50\.0 GiB"):
+        validated_settings(cfg)
+    monkeypatch.setattr(settings_module, "available_memory", lambda: 64 * 1024**3)
+    assert validated_settings(cfg).data.image_size == 4096
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

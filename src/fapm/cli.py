@@ -2,9 +2,10 @@
 
 ``train``, ``eval`` and ``predict`` are Hydra applications on the packaged configs
 (``fapm.conf``): everything after the command is passed to Hydra unchanged (``key=value``
-overrides, ``-m`` for a multirun, ``--cfg job``, ``--help``). ``report`` and ``export`` are
-plain ``argparse`` commands. ``python train.py`` / ``eval.py`` / ``predict.py`` / ``report.py``
-call :func:`main` with the same arguments.
+overrides, ``-m`` for a multirun, ``--cfg job``, ``--help``). ``export`` takes ``key=value``
+arguments too (:data:`EXPORT_KEYS`); ``report`` is a plain ``argparse`` command.
+``python train.py`` / ``eval.py`` / ``predict.py`` / ``report.py`` call :func:`main` with the
+same arguments.
 
 Errors (see :mod:`fapm.errors`): a user error (bad path, data, weights file, config value)
 prints ``error: <message>`` and a ``hint:`` line and exits with status 1; a wrong override or
@@ -42,7 +43,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 OTHER_COMMANDS: dict[str, str] = {
     "report": "result tables (Markdown + CSV) from run or multirun folders",
-    "export": "write a deployable model file from a model.safetensors (TorchScript)",
+    "export": "write a deployable file (TorchScript, ONNX, OpenVINO) of a model.safetensors: model=<file> format=...",
 }
 
 #: Export formats the command accepts: name → default file suffix (next to the model file).
@@ -71,7 +72,7 @@ examples:
   fapm eval ckpt_path=logs/train/runs/<time>/model.safetensors
   fapm predict ckpt_path=logs/train/runs/<time>/model.safetensors input=<image|folder|glob>
   fapm report logs/train/multiruns/<time>
-  fapm export logs/train/runs/<time>/model.safetensors
+  fapm export model=logs/train/runs/<time>/model.safetensors format=onnx
 
 `fapm <command> --help` shows a command's options (and config groups for train/eval/predict).
 Runs go to ./logs and the demo data to ./data (set FAPM_ROOT to use another folder).
@@ -156,6 +157,12 @@ def report_error(
     ``multirun``: the error is the first failed job of a sweep (in ``sweep_dir``, when known).
     """
     user = find_user_error(error)
+    system = _os_error(error) if user is None else None
+    if system is not None and not verbose:  # disk full, read-only or unreadable folder: the machine, not a bug
+        print(f"{PROG} {command}: error: {_describe_os_error(system)}", file=sys.stderr)
+        print(f"  hint: free disk space, or choose a folder you can write (paths.output_dir, data.root, out=) "
+              f"(traceback: {VERBOSE_FLAG})", file=sys.stderr)
+        return 1
     if user is None:  # a bug: everything that helps to find it
         traceback.print_exception(error)
         print(f"{PROG} {command}: unexpected error (a bug? please report it with the traceback above)",
@@ -167,11 +174,39 @@ def report_error(
         traceback.print_exception(error)
         return code
     message = _clean_message(user)
+    hint = hint_for(user).replace("<command>", command)
+    if command == "eval" and "use +data." in message:
+        # Hydra suggests +data.<key>=..., which fails too: eval has no data group unless one is chosen
+        key = message.split("use +data.", 1)[1].split("=", 1)[0].split()[0]
+        message = (f"data.{key}: eval uses the model's own dataset settings unless a data group is chosen, "
+                   "so there is no data.* key to override")
+        hint = ("to test another category: category=<name>; another dataset folder: data_root=<folder>; "
+                f"or choose a layout: data=mvtec data.root=<folder> data.{key}=<value>")
     where = f"{PROG} {command}" + (f" -m ({_sweep_outcome(sweep_dir)})" if multirun else "")
     print(f"{where}: error: {message}", file=sys.stderr)
-    hint = hint_for(user).replace("<command>", command)
     print(f"  hint: {hint + ' ' if hint else ''}(traceback: {VERBOSE_FLAG})", file=sys.stderr)
     return code
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OS error (with an errno and a file name) behind ``error``, if any: ENOSPC, EROFS, EACCES..."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno and current.filename:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _describe_os_error(error: OSError) -> str:
+    import errno
+
+    name = errno.errorcode.get(error.errno or 0, "")
+    where = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    reason = error.strerror or os.strerror(error.errno or 0)
+    return f"cannot write or read {where}: {reason}" + (f" ({name})" if name else "")
 
 
 def _sweep_outcome(sweep_dir: Path | None) -> str:
@@ -197,6 +232,11 @@ def _clean_message(error: BaseException) -> str:
     from fapm.errors import config_error_types
 
     text = str(error).strip() or type(error).__name__
+    if "\nOriginal Traceback (most recent call last):" in text:
+        # re-raised by a DataLoader worker: the worker's traceback is in the message; keep its last line
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last.split(": ", 1)[-1]
     cause = error.__cause__
     if isinstance(error, config_error_types()) and cause is not None and str(cause) not in text:
         text += f"\n{cause}"  # OmegaConf's reason behind a composition error ("Key 'x' is not in struct")
@@ -218,16 +258,26 @@ def _guarded(
 
     ``sweep_dir()``: the multirun folder once a job of a sweep has started, else None.
     """
+    from fapm import signals
+
     try:
-        return run()
+        with signals.sigterm_as_interrupt():
+            status = run()
     except SystemExit as done:  # --help, argparse usage errors: keep their status, return it
+        if signals.received is not None:  # Lightning turns an interrupt into sys.exit(1)
+            print(f"{PROG} {command}: interrupted ({signals.describe()})", file=sys.stderr)
+            return signals.interrupt_status()
         return _exit_status(done.code)
-    except KeyboardInterrupt:
-        print(f"{PROG} {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"{PROG} {command}: interrupted ({signals.describe(interrupt)})", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", 2)
     except Exception as error:  # noqa: BLE001 - the command line's last stop: report and exit
         sweep = sweep_dir()
         return report_error(error, command, verbose, multirun=sweep is not None, sweep_dir=sweep)
+    if signals.received is not None:  # a job caught the interrupt (a multirun records it and goes on)
+        print(f"{PROG} {command}: interrupted ({signals.describe()})", file=sys.stderr)
+        return signals.interrupt_status()
+    return status
 
 
 # ----------------------------------------------------------------------------------- hydra
@@ -242,10 +292,26 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
     results: list[Any] = []
     RecordSweep.sweep_dir = None
 
+    failures: list[Exception] = []
+
     def task_function(cfg: Any) -> Any:
-        with console.session(cfg.get("runtime")), _relaunchable(command):
-            _check_sweep_mode()
-            result = task(cfg)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from fapm.runlock import raise_if_refused
+
+        try:
+            raise_if_refused()  # another run is writing into this run folder
+            with console.session(cfg.get("runtime")), _relaunchable(command):
+                _check_sweep_mode()
+                result = task(cfg)
+        except Exception as error:
+            if HydraConfig.get().mode != RunMode.RUN:
+                raise  # a multirun job: the launcher records the failure and goes on
+            # a single run: re-raised after Hydra returns, so that the error is reported once
+            # (Hydra would first print its own "Error executing job with overrides" line)
+            failures.append(error)
+            return None
         results.append(result)
         return result
 
@@ -259,14 +325,19 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
         sys.argv = [f"{PROG} {command}", *args]
         # Hydra then raises instead of printing its own traceback and exiting; report_error decides.
         os.environ["HYDRA_FULL_ERROR"] = "1"
+        from fapm.runlock import release_all
+
         try:
             app()
         finally:
+            release_all()  # an in-process caller (tests, notebooks) may run again into the folder
             sys.argv = saved_argv
             if saved_env is None:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
             else:
                 os.environ["HYDRA_FULL_ERROR"] = saved_env
+        if failures:
+            raise failures[0]
         return max((_exit_code_of(command, r) for r in results), default=0)
 
     # A multirun raises the first failed job's error once every job has run.
@@ -338,42 +409,135 @@ def report_main(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------- export
-def export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} export",
-        description="Write a deployable file of a model.safetensors's whole scoring path (normalisation, backbone, "
-        "memory search, map and score): TorchScript runs with torch alone, ONNX with ONNX Runtime or OpenVINO, "
-        "OpenVINO IR with OpenVINO (docs/predict.md, docs/deploy.md).",
-    )
-    parser.add_argument("model", help="a model.safetensors written by `fapm train`")
-    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="torchscript",
-                        help="file format (default: torchscript)")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: next to the model, e.g. model.torchscript.pt)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu | cuda | cuda:<n> | auto: the graph keeps the device it is exported on")
-    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                        help="int8 (onnx/openvino): NNCF-quantized backbone, memories rebuilt from its features on "
-                        "the model's training images, thresholds re-decided on its held-out normal images")
-    return parser
+#: ``fapm export`` keys: name → (default, one-line help). ``None`` = required.
+EXPORT_KEYS: dict[str, tuple[str | None, str]] = {
+    "model": (None, "the model.safetensors written by `fapm train` (required)"),
+    "format": ("torchscript", f"file format: {' | '.join(EXPORT_FORMATS)}"),
+    "out": ("", "output file; default: next to the model (model.torchscript.pt, model.onnx, model.xml). "
+            "Its suffix must be the format's: .pt, .onnx, .xml"),
+    "precision": ("fp32", "fp32 | int8 (onnx/openvino: NNCF-quantized backbone, memories rebuilt from its features "
+                  "on the model's training images, thresholds re-decided on its held-out normal images)"),
+    "device": ("cpu", "cpu | cuda | cuda:<n> | auto: the graph keeps the device it is exported on"),
+    "overwrite": ("false", "true: replace an existing output file (never the model itself)"),
+}
+#: The suffix each format's output must have.
+EXPORT_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt",), "onnx": (".onnx",), "openvino": (".xml",)}
+
+
+def export_help() -> str:
+    width = max(map(len, EXPORT_KEYS)) + 1
+    lines = [
+        f"usage: {PROG} export model=<model.safetensors> [key=value ...]",
+        "",
+        "Write a deployable file of a model.safetensors's whole scoring path (normalisation, backbone, memory "
+        "search, map and score): TorchScript runs with torch alone, ONNX with ONNX Runtime or OpenVINO, "
+        "OpenVINO IR with OpenVINO (docs/predict.md). An existing file is never replaced unless overwrite=true, "
+        "and the model itself never.",
+        "",
+        "keys:",
+        *(f"  {name:<{width}} {text}" + (f" (default: {default})" if default else "")
+          for name, (default, text) in EXPORT_KEYS.items()),
+        "",
+        "example:",
+        f"  {PROG} export model=logs/train/runs/<time>/model.safetensors format=onnx out=m.onnx",
+    ]
+    return "\n".join(lines)
+
+
+def parse_export_args(argv: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` arguments of ``fapm export`` → checked settings (nothing is read or written).
+
+    Raises:
+        UsageError: an unknown or repeated key, a missing model, a bad value, an output that
+            would replace the model or an existing file, a suffix that is not the format's.
+    """
+    given: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UsageError(f"arguments are key=value, got {arg!r}",
+                             hint=f"e.g. {PROG} export model={arg} ({PROG} export --help lists the keys)")
+        key = key.strip().lstrip("+")
+        if key not in EXPORT_KEYS:
+            raise UsageError(f"unknown key {key!r} (keys: {', '.join(EXPORT_KEYS)})",
+                             hint=f"{PROG} export --help lists the keys")
+        if key in given:
+            raise UsageError(f"{key}= given twice")
+        given[key] = value.strip()
+    values = {k: given.get(k, default) for k, (default, _) in EXPORT_KEYS.items()}
+    if not values["model"]:
+        raise UsageError("model= is required", hint=f"{PROG} export model=<model.safetensors>")
+    fmt = values["format"]
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"format must be {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
+    if values["precision"] not in ("fp32", "int8"):
+        raise UsageError(f"precision must be fp32 or int8; got {values['precision']!r}")
+    if values["precision"] == "int8" and fmt == "torchscript":
+        raise UsageError("precision=int8 needs format=onnx or format=openvino")
+    overwrite = values["overwrite"].lower()
+    if overwrite not in ("true", "false"):
+        raise UsageError(f"overwrite must be true or false; got {values['overwrite']!r}")
+    model = Path(values["model"])
+    out = Path(values["out"]) if values["out"] else model.with_name(model.stem + EXPORT_FORMATS[fmt])
+    if not out.name.endswith(EXPORT_SUFFIXES[fmt]):
+        raise UsageError(
+            f"format={fmt} writes a {' or '.join(EXPORT_SUFFIXES[fmt])} file, but out={out} has another suffix",
+            hint=f"use out=<name>{EXPORT_SUFFIXES[fmt][0]}, or the format that suffix names",
+        )
+    return {"model": model, "format": fmt, "out": out, "precision": values["precision"],
+            "device": values["device"], "overwrite": overwrite == "true"}
+
+
+def export_outputs(out: Path, fmt: str) -> list[Path]:
+    """Every file an export to ``out`` writes (the graph, OpenVINO's weights, the digest)."""
+    from fapm.deploy.digest import sidecar
+
+    files = [out, sidecar(out)]
+    if fmt == "openvino":
+        files.append(out.with_suffix(".bin"))
+    return files
+
+
+def check_export_target(model: Path, out: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse an output that is the model itself, or a file that exists (unless ``overwrite``)."""
+    for target in export_outputs(out, fmt):
+        if target.exists() and model.exists() and os.path.samefile(target, model):
+            raise UsageError(f"out={out} would overwrite the model file {model} itself",
+                             hint="choose another out=")
+        if target.is_dir():
+            raise UsageError(f"{target} is a folder", hint="out= names the file to write")
+    existing = [t for t in export_outputs(out, fmt) if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise UsageError(
+            f"{', '.join(map(str, existing))} already exist(s); nothing was written",
+            hint="set overwrite=true to replace it, or choose another out=",
+        )
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """``fapm export <model.safetensors> [--format torchscript|onnx|openvino] [--precision fp32|int8] [--out FILE]``."""
-    args = export_parser().parse_args(list(argv))
-    exporter = EXPORTERS.get(args.format)
-    if exporter is None:
-        raise UsageError(f"--format {args.format} is not available in this version",
-                         hint=f"use --format {' or '.join(EXPORTERS)}")
-    model_path = Path(args.model)
-    out = Path(args.out) if args.out else model_path.with_name(model_path.stem + EXPORT_FORMATS[args.format])
+    """``fapm export model=<model.safetensors> [format=...] [out=...] [precision=...] [device=...] [overwrite=...]``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(export_help())
+        return 0
+    args = parse_export_args(argv)
+    model_path, fmt, out = args["model"], args["format"], args["out"]
 
     from fapm.inference.api import FAPM
+    from fapm.inference.predict import PredictError, check_device
+    from fapm.model_file import read_model_file
 
-    if args.precision == "int8" and args.format == "torchscript":
-        raise UsageError("--precision int8 needs --format onnx or openvino")
-    written = exporter(FAPM.load(model_path, device=args.device), out, args.precision)
-    print(f"exported {model_path} -> {written} ({args.format}, {args.precision})")
+    try:
+        device = check_device(args["device"])
+    except PredictError as err:
+        raise UsageError(f"{err}") from None
+    check_export_target(model_path, out, fmt, args["overwrite"])
+    read_model_file(model_path)  # one clear error for a bad model file, before the folder is made
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the folder of out={out}: {err.strerror or err}") from err
+    written = EXPORTERS[fmt](FAPM.load(model_path, device=device), out, args["precision"])
+    print(f"exported {model_path} -> {written} ({fmt}, {args['precision']})")
     return 0
 
 

@@ -37,6 +37,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,8 @@ from fapm.settings import (
     LampSettings,
     MemorySettings,
     ModelSettings,
+    PreprocessSettings,
+    StoredThresholdSettings,
     parse_data,
     parse_model,
 )
@@ -85,12 +89,26 @@ class ModelFileError(FapmError, ValueError):
 
 # ------------------------------------------------------------------------------ signing
 def signing_key() -> bytes | None:
-    """The HMAC key from ``FAPM_MODEL_KEY`` or ``FAPM_MODEL_KEY_FILE``; None when neither is set."""
+    """The HMAC key from ``FAPM_MODEL_KEY`` or ``FAPM_MODEL_KEY_FILE``; None when neither is set.
+
+    A variable that is set but empty is an error, never "no key": an empty key would silently
+    turn verification off (``FAPM_MODEL_KEY=$UNSET_VARIABLE``).
+    """
     value = os.environ.get(KEY_ENV)
-    if value:
+    if value is not None:
+        if not value.strip():
+            raise ModelFileError(
+                f"{KEY_ENV} is set but empty: refusing to sign or verify with an empty key",
+                hint=f"set {KEY_ENV} to the signing key, or unset it (unset {KEY_ENV}) to use no key",
+            )
         return value.encode()
     path = os.environ.get(KEY_FILE_ENV)
-    if path:
+    if path is not None:
+        if not path.strip():
+            raise ModelFileError(
+                f"{KEY_FILE_ENV} is set but empty: it must name the file holding the signing key",
+                hint=f"set {KEY_FILE_ENV} to the key file, or unset it",
+            )
         try:
             key = Path(path).read_bytes().strip()
         except OSError as err:
@@ -205,15 +223,28 @@ def save_model(
 
     from safetensors.torch import save_file
 
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        except OSError:
+            raise
+        except Exception as err:  # noqa: BLE001 - safetensors' own error wraps the OS error in its text
+            found = re.search(r"os error (\d+)", str(err))
+            code = int(found.group(1)) if found else errno.EIO
+            raise OSError(code, os.strerror(code), str(tmp)) from err
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(header)}))
+        replace_atomically(path, write)
     except OSError as err:
-        reason = errno.errorcode.get(err.errno or 0, "")
-        raise ModelFileError(
-            f"cannot write the model file {path}: {err.strerror or err}" + (f" ({reason})" if reason else "")
-        ) from err
+        raise ModelFileError(f"cannot write the model file {path}: {os_reason(err)}") from err
     return path
+
+
+def os_reason(err: OSError) -> str:
+    """``"No space left on device (ENOSPC)"``: the OS reason and the errno name."""
+    name = errno.errorcode.get(err.errno or 0, "")
+    return f"{err.strerror or err}" + (f" ({name})" if name else "")
 
 
 def _model_dict(model: ModelSettings) -> dict[str, Any]:
@@ -311,8 +342,7 @@ def read_model_file(path: str | Path) -> ModelFile:
             another format or version, or holding settings that are invalid or name code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+    _check_file_type(path)
     try:
         header, tensors = _read_raw(path)
         return _validate(path, header, tensors)
@@ -320,6 +350,29 @@ def read_model_file(path: str | Path) -> ModelFile:
         raise
     except Exception as err:  # noqa: BLE001 - a file we did not foresee: one clear error, never a crash
         raise ModelFileError(f"model file {path} is invalid: {type(err).__name__}: {err}") from err
+
+
+def _check_file_type(path: Path) -> None:
+    """:class:`ModelFileError` unless ``path`` (links followed) is a regular file: a folder, FIFO,
+    socket or device is refused by its type (a FIFO is never opened: reading one would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ModelFileError(f"model file {path} is a broken symbolic link") from None
+        raise ModelFileError(f"model file not found: {path}") from None
+    except OSError as err:
+        raise ModelFileError(f"cannot read model file {path}: {os_reason(err)}") from err
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise ModelFileError(
+        f"model file {path} is {kind}, not a model file", hint="ckpt_path must name a model.safetensors file"
+    )
 
 
 def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelFile:
@@ -367,6 +420,11 @@ def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tenso
             BackboneSettings.parse(header["backbone"], "backbone") if header.get("backbone") is not None else None
         )
         data = parse_data(header["data"], "data") if header.get("data") is not None else None
+        for name in ("preprocess", "thresholds"):
+            if header.get(name) is not None and not isinstance(header[name], dict):
+                raise ConfigError([f"{name}: expected a group of keys, got {type(header[name]).__name__}"])
+        preprocess = PreprocessSettings.parse(header["preprocess"], "preprocess")
+        StoredThresholdSettings.parse(header.get("thresholds") or {}, "thresholds")
     except ConfigError as err:
         raise ModelFileError(f"model file {path} holds invalid settings: {err}") from err
     if isinstance(model, MemorySettings) and backbone is None:
@@ -380,7 +438,14 @@ def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tenso
                     f"model file {path}: its settings ask for {fact} {wanted} but its memory was built with "
                     f"{facts[fact]}"
                 )
-    for name in ("preprocess", "thresholds", "facts", "meta"):
+    stated = isinstance(header.get("preprocess"), dict) and {"mean", "std"} <= set(header["preprocess"])
+    if isinstance(model, MemorySettings) and backbone is not None and stated:
+        if (list(preprocess.mean), list(preprocess.std)) != (list(backbone.mean), list(backbone.std)):
+            raise ModelFileError(
+                f"model file {path}: preprocess.mean/std differ from the backbone's normalisation "
+                f"({list(preprocess.mean)}/{list(preprocess.std)} vs {list(backbone.mean)}/{list(backbone.std)})"
+            )
+    for name in ("facts", "meta"):
         value = header.get(name) or {}
         if not isinstance(value, dict):
             raise ModelFileError(f"model file {path}: its {name!r} entry is not a mapping")
@@ -398,7 +463,7 @@ def _validate(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tenso
         model=model,
         backbone=backbone,
         data=data,
-        preprocess=dict(header["preprocess"]),
+        preprocess=preprocess.to_dict(),
         thresholds=dict(header.get("thresholds") or {}),
         facts=dict(header.get("facts") or {}),
         meta=dict(header.get("meta") or {}),

@@ -30,6 +30,23 @@ from fapm.errors import FapmError
 
 T = TypeVar("T")
 
+# Upper bounds of size-like settings (issue 25): one value must never cost hours or all memory.
+# They apply to the command line, config files and model files alike (the same schema).
+#: Largest image side (resize or crop), pixels: 4096² RGB is 48 MiB per image before the backbone.
+MAX_IMAGE_SIDE = 4096
+#: Largest patch-grid side and neighbourhood radius, in regions.
+MAX_GRID = 64
+#: Largest Gaussian blur sigma of an anomaly map, pixels (the kernel is ~8 sigma wide).
+MAX_BLUR_SIGMA = 64.0
+#: Largest number of neighbours of the k-NN search.
+MAX_K = 1024
+#: Largest memory cap, vectors per region.
+MAX_MEMORY_CAP = 10_000_000
+#: Largest batch size.
+MAX_BATCH = 1024
+#: Seeds numpy and Lightning accept.
+MAX_SEED = 2**32 - 1
+
 #: ImageNet channel statistics (torchvision backbones).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -305,8 +322,8 @@ class BackboneSettings(Settings):
     )
     weights_prefix: str = ""
     weights_tag: str | None = None
-    pool_size: int = setting(3, ge=1, check=_odd, doc="local average pooling window")
-    seed: int = 0
+    pool_size: int = setting(3, ge=1, le=31, check=_odd, doc="local average pooling window")
+    seed: int = setting(0, ge=0, le=MAX_SEED)
     fold_batchnorm: bool = True
     channels_last: bool = False
     autocast_dtype: Literal["bfloat16", "float16"] | None = None
@@ -333,10 +350,10 @@ class SearchSettings(Settings):
 
     backend: Literal["torch", "faiss", "auto"] = setting("torch", doc="torch (exact), faiss, or auto by memory size")
     factory: str = setting("Flat", check=_factory_check, doc="FAISS index factory string")
-    nlist: int | None = setting(None, ge=1, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
-    nprobe: int = setting(8, ge=1, doc="IVF cells visited per query")
-    ef_search: int = setting(64, ge=1, doc="HNSW candidate list size at query time")
-    pq_m: int = setting(64, ge=1, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
+    nlist: int | None = setting(None, ge=1, le=1 << 20, doc="IVF cells per memory, null = sqrt(size) capped at size/39")
+    nprobe: int = setting(8, ge=1, le=1 << 20, doc="IVF cells visited per query")
+    ef_search: int = setting(64, ge=1, le=1 << 16, doc="HNSW candidate list size at query time")
+    pq_m: int = setting(64, ge=1, le=1024, doc="IVF-PQ sub-quantizers (bytes per vector); must divide the feature dims")
     use_gpu: Literal["auto", "true", "false"] = setting("auto", doc="FAISS on the GPU when the memory is on CUDA")
     temp_memory_mb: int | None = setting(None, ge=0, doc="scratch MiB of the process's FAISS GPU resources")
     auto_min_vectors: int = setting(10_000, ge=1, doc="auto: FAISS from this many vectors per memory (CPU)")
@@ -344,7 +361,9 @@ class SearchSettings(Settings):
 
 
 def _grid_check(value: tuple[int, int]) -> str | None:
-    return None if all(v >= 1 for v in value) else f"needs two positive integers (rows, columns), got {list(value)}"
+    if not all(v >= 1 for v in value):
+        return f"needs two positive integers (rows, columns), got {list(value)}"
+    return None if all(v <= MAX_GRID for v in value) else f"each side must be <= {MAX_GRID}, got {list(value)}"
 
 
 @dataclass(frozen=True)
@@ -353,33 +372,33 @@ class MemorySettings(Settings):
 
     family: Literal["memory"] = "memory"
     name: str = "fapm"
-    grid: tuple[int, int] = setting((7, 7), check=_grid_check, doc="patch grid rows, columns")
+    grid: tuple[int, int] = setting((7, 7), check=_grid_check, doc="patch grid rows, columns (one number n = n x n)")
     fusion: Literal["separate", "concat"] = "separate"
     fusion_upsample: Literal["bilinear", "nearest"] = "bilinear"
     layer_weights: tuple[float, ...] | None = None
     coreset_ratio: float = setting(0.1, gt=0.0, le=1.0, doc="share of each memory kept")
-    projection_dim: int | None = setting(None, ge=1, doc="random projection for the coreset, null = exact")
+    projection_dim: int | None = setting(None, ge=1, le=65536, doc="random projection for the coreset, null = exact")
     adaptive: bool = True
     d_th: float = setting(0.5, ge=0.0, le=1.0, doc="D_th on d_imax, or the quantile in quantile mode")
-    adaptive_factor: float = setting(2.0, ge=1.0)
+    adaptive_factor: float = setting(2.0, ge=1.0, le=64.0)
     distance_scale: Literal["raw", "per_channel", "relative"] = "raw"
     # quantile: the widest 1 − d_th share of each layer's regions is enlarged on any feature scale
     # (absolute compares a saturated Eq. 1 with d_th: all or none; docs/accuracy.md)
     threshold_mode: Literal["absolute", "quantile"] = "quantile"
-    k: int = setting(4, ge=1, doc="neighbours per test vector")
-    neighbourhood: int = setting(0, ge=0, doc="radius in regions of the search, 0 = own region")
+    k: int = setting(4, ge=1, le=MAX_K, doc="neighbours per test vector")
+    neighbourhood: int = setting(0, ge=0, le=MAX_GRID, doc="radius in regions of the search, 0 = own region")
     neighbourhood_border: Literal["clip", "shift"] = "clip"
     align: Literal["none", "translation", "similarity", "auto"] = "none"
     align_resolution: int = setting(128, ge=32, le=1024, doc="side of the grey thumbnails registered")
     align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
-    align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
+    align_fallback_neighbourhood: int = setting(1, ge=0, le=MAX_GRID, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
     # max: measured best with ImageNet features (docs/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"
-    num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")
+    num_neighbors: int = setting(9, ge=1, le=MAX_K, doc="support-set size of the patchcore image score")
     map_upsample: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
-    blur_sigma: float = setting(4.0, ge=0.0, doc="Gaussian blur of the map, 0 = none")
-    coreset_chunk_mb: float = setting(8.0, ge=0.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
+    blur_sigma: float = setting(4.0, ge=0.0, le=MAX_BLUR_SIGMA, doc="Gaussian blur of the map, 0 = none")
+    coreset_chunk_mb: float = setting(8.0, ge=0.0, le=65536.0, doc="CPU cache budget of a coreset chunk, 0 = all at once")
     # --- bounded fit memory (docs/scale.md)
     feature_dtype: Literal["float32", "float16", "bfloat16"] = setting(
         "float32", doc="dtype the collected training features are stored in (distances are computed in float32)"
@@ -388,12 +407,12 @@ class MemorySettings(Settings):
         "device", doc="where collected features live: the trainer's device, or host memory (pinned under CUDA)"
     )
     coreset_device_chunk_mb: float = setting(
-        0.0, ge=0.0, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
+        0.0, ge=0.0, le=1 << 20, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
     )
     memory_cap: int | None = setting(
-        None, ge=1, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
+        None, ge=1, le=MAX_MEMORY_CAP, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
     )
-    timing_warmup: int = setting(2, ge=0, doc="test batches not counted in the latency")
+    timing_warmup: int = setting(2, ge=0, le=1000, doc="test batches not counted in the latency")
 
     @classmethod
     def _normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -421,20 +440,20 @@ class LampSettings(Settings):
     max_over: Literal["sample", "batch"] = "sample"
     detach_max: bool = False
     loss_reduction: Literal["sum", "mean"] = "sum"
-    ssim_window: int = setting(11, ge=3, check=_odd)
-    input_size: int = setting(224, ge=8, doc="image side the network is built for")
-    depth: int | None = setting(None, ge=1)
-    base_channels: int = setting(8, ge=1)
-    max_channels: int = setting(64, ge=1)
-    kernel_size: int = setting(3, ge=1, check=_odd)
+    ssim_window: int = setting(11, ge=3, le=63, check=_odd)
+    input_size: int = setting(224, ge=8, le=MAX_IMAGE_SIDE, doc="image side the network is built for")
+    depth: int | None = setting(None, ge=1, le=16)
+    base_channels: int = setting(8, ge=1, le=4096)
+    max_channels: int = setting(64, ge=1, le=4096)
+    kernel_size: int = setting(3, ge=1, le=31, check=_odd)
     negative_slope: float = setting(0.2, ge=0.0)
-    patches_per_side: int = setting(1, ge=1)
+    patches_per_side: int = setting(1, ge=1, le=MAX_GRID)
     recalibration: Literal["none", "se", "msar"] = "none"
-    msar_scales: tuple[int, ...] = setting((1, 2, 4), ge=1)
+    msar_scales: tuple[int, ...] = setting((1, 2, 4), ge=1, le=MAX_GRID)
     output_activation: Literal["sigmoid", "none"] = "sigmoid"
-    blur_sigma: float = setting(4.0, ge=0.0)
+    blur_sigma: float = setting(4.0, ge=0.0, le=MAX_BLUR_SIGMA)
     restore_best: bool = True
-    timing_warmup: int = setting(2, ge=0)
+    timing_warmup: int = setting(2, ge=0, le=1000)
     # Training-only Hydra nodes (``_target_`` of an optimiser / scheduler class, from the
     # user's own config); never stored in a model file.
     optimizer: Any = None
@@ -450,7 +469,7 @@ def parse_model(data: Mapping[str, Any] | None, where: str = "model") -> ModelSe
     """``model.*`` → the settings of its family (``model.family``, default ``memory``)."""
     data = dict(data or {})
     family = data.get("family", "memory")
-    if family not in MODEL_FAMILIES:
+    if not isinstance(family, str) or family not in MODEL_FAMILIES:
         raise ConfigError([f"{where}.family: must be one of {', '.join(map(repr, MODEL_FAMILIES))}; got {family!r}"])
     return MODEL_FAMILIES[family].parse(data, where)  # type: ignore[return-value]
 
@@ -465,15 +484,16 @@ def _crop_le_size(settings: Any) -> list[str]:
 @dataclass(frozen=True)
 class _DataCommon(Settings):
     root: str = setting(doc="dataset root folder")
-    image_size: int = setting(256, ge=16, doc="side of the square the images are resized to")
-    crop_size: int | None = setting(None, ge=16, doc="centre crop after the resize, null = none (the whole image)")
+    image_size: int = setting(256, ge=16, le=MAX_IMAGE_SIDE, doc="side of the square the images are resized to")
+    crop_size: int | None = setting(None, ge=16, le=MAX_IMAGE_SIDE,
+                                    doc="centre crop after the resize, null = none (the whole image)")
     resize: Literal["squash", "letterbox"] = setting(
         "squash", doc="squash = stretch to the square; letterbox = keep the aspect ratio and pad the short side")
-    train_batch_size: int = setting(8, ge=1)
-    eval_batch_size: int = setting(1, ge=1)
-    num_workers: int = setting(0, ge=0)
+    train_batch_size: int = setting(8, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = setting(1, ge=1, le=MAX_BATCH)
+    num_workers: int = setting(0, ge=0, le=256)
     normal_holdout: float = setting(0.0, ge=0.0, lt=1.0, doc="share of train/good held out for thresholds")
-    seed: int = 0
+    seed: int = setting(0, ge=0, le=MAX_SEED)
     mean: tuple[float, ...] = setting(IMAGENET_MEAN, check=_three_numbers)
     std: tuple[float, ...] = setting(IMAGENET_STD, check=_positive_std)
 
@@ -488,7 +508,7 @@ class MVTecDataSettings(_DataCommon):
     type: Literal["mvtec"] = "mvtec"
     category: str = setting("bottle", doc="category folder under root")
     generate_demo: bool = False
-    demo_seed: int = 0
+    demo_seed: int = setting(0, ge=0, le=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -521,9 +541,90 @@ def parse_data(data: Mapping[str, Any] | None, where: str = "data") -> DataSetti
     """``data.*`` → the settings of its layout (``data.type``)."""
     data = dict(data or {})
     kind = data.get("type")
-    if kind not in DATA_TYPES:
+    if not isinstance(kind, str) or kind not in DATA_TYPES:
         raise ConfigError([f"{where}.type: must be one of {', '.join(map(repr, DATA_TYPES))}; got {kind!r}"])
     return DATA_TYPES[kind].parse(data, where)  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------- model-file entries
+@dataclass(frozen=True)
+class PreprocessSettings(Settings):
+    """A model file's ``preprocess`` entry: how the images it was fitted on were pre-processed."""
+
+    image_size: int = setting(256, ge=16, le=MAX_IMAGE_SIDE, doc="side of the square resize")
+    crop_size: int | None = setting(None, ge=16, le=MAX_IMAGE_SIDE, doc="centre crop after the resize, null = none")
+    mean: tuple[float, ...] = setting(IMAGENET_MEAN, check=_three_numbers)
+    std: tuple[float, ...] = setting(IMAGENET_STD, check=_positive_std)
+    # files written before the letterbox option squashed every image
+    resize: Literal["squash", "letterbox"] = setting("squash", doc="squash | letterbox (aspect ratio kept, padded)")
+
+    def _cross_checks(self) -> list[str]:
+        return _crop_le_size(self)
+
+
+@dataclass(frozen=True)
+class LevelThresholdSettings(Settings):
+    """One level (image or pixel) of a model file's stored thresholds; null = not decided."""
+
+    quantile: float | None = None
+    f1: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredThresholdSettings(Settings):
+    """A model file's ``thresholds`` entry (:meth:`fapm.inference.thresholds.Thresholds.to_dict`)."""
+
+    image: LevelThresholdSettings | None = None
+    pixel: LevelThresholdSettings | None = None
+    image_q: float | None = setting(None, gt=0.0, lt=1.0)
+    pixel_q: float | None = setting(None, gt=0.0, lt=1.0)
+    n_normal: int = setting(0, ge=0)
+
+
+# ----------------------------------------------------------------------------- machine check
+#: Bytes of backbone activations per input pixel and image, all layers together (a CNN such as
+#: Wide-ResNet50 keeps ~100 float32 values per input pixel alive); a deliberate over-estimate.
+ACTIVATION_BYTES_PER_PIXEL = 400
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (None when unknown)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(side: int, batch: int, side_key: str, batch_key: str) -> None:
+    """:class:`ConfigError` naming ``side_key`` when a batch of ``batch`` images of ``side`` px would
+    need more memory than the machine has available (an estimate, checked before any work)."""
+    need = batch * side * side * ACTIVATION_BYTES_PER_PIXEL
+    have = available_memory()
+    if have is not None and need > have:
+        gib = 1024**3
+        raise ConfigError([
+            f"{side_key}: {side} px with {batch_key}={batch} needs about {need / gib:.1f} GiB for one batch's "
+            f"backbone activations, but this machine has {have / gib:.1f} GiB available; use a smaller "
+            f"{side_key} or {batch_key}"
+        ])
+
+
+def check_data_memory(data: DataSettings) -> None:
+    """:func:`check_memory` for a run's data settings (the largest batch at the resize size)."""
+    if data.train_batch_size >= data.eval_batch_size:
+        check_memory(data.image_size, data.train_batch_size, "data.image_size", "data.train_batch_size")
+    else:
+        check_memory(data.image_size, data.eval_batch_size, "data.image_size", "data.eval_batch_size")
 
 
 # --------------------------------------------------------------------------------------- run
@@ -566,6 +667,10 @@ def parse_run(cfg: Mapping[str, Any]) -> RunSettings:
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(f"seed: expected an integer, got {_describe(seed)}")
+    elif not 0 <= seed <= MAX_SEED:
+        # backbone.seed and data.seed copy it (${seed}): one problem, not three
+        problems[:] = [p for p in problems if not (p.startswith(("backbone.seed:", "data.seed:")) and p.endswith(f"got {seed}"))]
+        problems.append(f"seed: must be in [0, {MAX_SEED}], got {seed}")
     if not problems and isinstance(parsed["model"], MemorySettings):
         model, backbone = parsed["model"], parsed["backbone"]
         streams = model.streams(backbone)
@@ -573,6 +678,13 @@ def parse_run(cfg: Mapping[str, Any]) -> RunSettings:
             problems.append(
                 f"model.layer_weights: needs {streams} value(s), one per feature stream "
                 f"(fusion {model.fusion!r} of layers {list(backbone.layers)}), got {list(model.layer_weights)}"
+            )
+        data = parsed["data"]
+        side = data.crop_size or data.image_size
+        if model.align != "none" and model.align_resolution > side:
+            problems.append(
+                f"model.align_resolution: {model.align_resolution} is larger than the input images ({side} px, "
+                f"data.crop_size / data.image_size): set it to at most {side}"
             )
         if tuple(parsed["data"].mean) != tuple(backbone.mean) or tuple(parsed["data"].std) != tuple(backbone.std):
             problems.append(

@@ -42,10 +42,10 @@ def test_end_to_end_detects_obvious_defects(trained) -> None:
     assert written["k"] == 4 and written["k_effective"] == min(4, smallest) < 4
 
 
-def test_eval_reproduces_training_metrics(trained, tmp_path) -> None:
+def test_eval_reproduces_training_metrics(trained, obvious_root, tmp_path) -> None:
     metrics, out = trained
-    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "trainer.accelerator=cpu"],
-                         tmp_path)
+    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "trainer.accelerator=cpu",
+                                  f"data_root={obvious_root}"], tmp_path)
     again = evaluate(cfg)
     for key in (names.IMAGE_AUROC, names.PIXEL_AUROC, names.PIXEL_AUPRO):
         assert again[key] == metrics[key], key

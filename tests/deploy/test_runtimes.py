@@ -110,3 +110,39 @@ def test_openvino_equals_eager_on_an_uneven_grid(demo, info, tmp_path) -> None:
     torch.testing.assert_close(out.image_scores, want.image_scores, rtol=0, atol=ATOL)
     torch.testing.assert_close(out.anomaly_maps, want.anomaly_maps, rtol=0, atol=ATOL)
     assert float(want.anomaly_maps.std()) > 1e-3
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_a_nan_pixel_is_never_good_in_any_runtime(runtime, fapm, demo, info, request) -> None:
+    """Failed before: a NaN pixel gave score=nan, label=False (good) in ONNX Runtime; OpenVINO ignored it."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the deploy extra (openvino) is not installed")
+    from fapm.deploy.runtimes import NonFiniteInputError
+
+    path = request.getfixturevalue("onnx_file") if runtime != "torch" else None
+    scorer = make_scorer(runtime, detector=fapm, path=path, info=info)
+    images = demo["test"][:2].clone()
+    images[1, 0, 5, 5] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"image\(s\) \[1\] of the batch hold NaN or infinite pixels"):
+        scorer.score_rgb(images)
+    images[1, 0, 5, 5] = float("inf")
+    with pytest.raises(NonFiniteInputError):
+        scorer.score(normalised(images, info))
+    if runtime == "torch":
+        return
+    # the exported graph itself (what a user without fapm runs): NaN score, label True
+    raw = images.numpy()
+    if runtime == "onnxruntime":
+        scores, _, labels = scorer.session.run(None, {"images": raw})
+    else:
+        result = scorer._request.infer({"images": raw})
+        scores, labels = (np.array(result[scorer.compiled.output(n)]) for n in ("image_scores", "labels"))
+    assert np.isfinite(scores[0]) and np.isnan(scores[1]) and bool(labels[1])
+
+
+def test_labels_fail_closed() -> None:
+    from fapm.deploy.runtimes import labels_for
+
+    scores = torch.tensor([1.0, float("nan"), 3.0])
+    assert labels_for(scores, 2.0).tolist() == [False, True, True]
+    assert labels_for(scores, None).tolist() == [False, True, False]

@@ -81,9 +81,10 @@ def test_a_failing_rank_ends_the_job_with_its_error(data: Path, tmp_path: Path) 
     batch = "data.train_batch_size='${oc.decode:${oc.env:FAPM_TEST_BATCH_${oc.env:LOCAL_RANK,0},3}}'"
     start = time.perf_counter()
     bad = _run(data, tmp_path / "bad", "fapm", ["trainer=ddp_cpu", batch], env=env)
-    assert bad.returncode != 0
+    assert bad.returncode == 2  # the failing rank's status (a usage error), not 137 from SIGKILL (issue 25)
     assert time.perf_counter() - start < 300
-    assert "data.train_batch_size: expected an integer, got 'abc'" in bad.stderr + bad.stdout
+    assert "data.train_batch_size: expected an integer, got 'abc'" in bad.stderr
+    assert "fapm: error: DDP rank 1 (pid " in bad.stderr and "failed (exit status 2)" in bad.stderr
     written = json.loads((tmp_path / "bad" / "metrics.json").read_text())  # written by the failing rank
     assert written["status"] == "failed" and "train_batch_size" in written["error"]
 

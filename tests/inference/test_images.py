@@ -39,8 +39,45 @@ def test_finite_float_inputs_still_scale_as_before() -> None:
     image, path = to_pil(ramp)
     out = np.asarray(image)
     assert path is None and out.shape == (20, 20, 3) and out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
-    image, _ = to_pil(torch.from_numpy(ramp * 255.0))
+    image, _ = to_pil(torch.from_numpy(ramp).half())
     assert np.asarray(image)[-1, -1, 0] == 255
+
+
+@pytest.mark.parametrize("high", [255.0, 1.0001])
+def test_float_inputs_outside_zero_one_are_refused(high: float) -> None:
+    """Failed before: one value of 1.0001 made the whole array read as 0-255 (score 101 instead of 28.6)."""
+    ramp = np.linspace(0, high, 20 * 20, dtype=np.float32).reshape(20, 20)
+    with pytest.raises(InputError, match=r"a float image must hold values in \[0, 1\], got 0\.\.1\.0001|got 0\.\.255"):
+        to_pil(ramp)
+    with pytest.raises(InputError, match=r"must hold values in \[0, 1\]"):
+        to_pil(torch.from_numpy(ramp))
+    with pytest.raises(InputError, match=r"must hold values in \[0, 1\]"):
+        to_pil(-np.ones((20, 20), np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".webp"])
+def test_multi_frame_images_are_refused(tmp_path: Path, suffix: str) -> None:
+    """Failed before: a multi-page TIFF or an animated PNG was scored on frame 1 only."""
+    from PIL import Image
+
+    from fapm.data.errors import DataError
+    from fapm.data.image_io import load_rgb, read_size
+    from fapm.inference.images import open_image
+
+    frames = [Image.new("RGB", (32, 32), (v, v, v)) for v in (0, 255)]
+    path = tmp_path / f"two{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match="holds 2 frames"):
+        load_rgb(path)
+    with pytest.raises(DataError, match="holds 2 frames"):  # the header check of a data set's set-up
+        read_size(path)
+    with pytest.raises(InputError, match="holds 2 frames"):
+        open_image(path)
+    with Image.open(path) as opened, pytest.raises(InputError, match="holds 2 frames"):
+        to_pil(opened)
+    single = tmp_path / f"one{suffix}"
+    frames[0].save(single)
+    assert load_rgb(single).size == (32, 32)
 
 
 def test_tiny_inputs_use_the_shared_minimum_side() -> None:

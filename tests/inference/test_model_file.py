@@ -242,12 +242,12 @@ def test_crafted_file_is_refused_by_predict_and_eval(fitted, tmp_path: Path) -> 
         (lambda h: h["model"].update(foo=1), r"model\.foo: unknown key"),
         (lambda h: h["model"].update(k="four"), r"model\.k: expected an integer"),
         (lambda h: h["model"].update(family="pickle"), r"model\.family: must be one of"),
-        (lambda h: h["model"].update(neighbourhood=-1), r"model\.neighbourhood: must be >= 0"),
+        (lambda h: h["model"].update(neighbourhood=-1), r"model\.neighbourhood: must be in \[0, 64\]"),
         (lambda h: h["model"].update(neighbourhood_border="wrap"), r"model\.neighbourhood_border: must be one of"),
         (lambda h: h["model"].update(align="affine"), r"model\.align: must be one of"),
-        (lambda h: h["backbone"].update(pool_size=0), r"backbone\.pool_size: must be >= 1"),
+        (lambda h: h["backbone"].update(pool_size=0), r"backbone\.pool_size: must be in \[1, 31\]"),
         (lambda h: h.update(extra={"a": 1}), r"unknown header entries \['extra'\]"),
-        (lambda h: h.update(thresholds=[1, 2]), "'thresholds' entry is not a mapping"),
+        (lambda h: h.update(thresholds=[1, 2]), r"thresholds: expected a group of keys"),
     ],
 )
 def test_invalid_settings_are_refused_by_name(fitted, tmp_path: Path, edit, message: str) -> None:

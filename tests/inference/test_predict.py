@@ -442,6 +442,34 @@ def test_an_interrupted_run_keeps_its_rows_and_says_why(model: FAPM, demo_images
         predict_files(model, folder, tmp_path / "out", batch_size=2, progress=False)
     assert [Path(r["path"]).name for r in _strict_rows(tmp_path / "out")] == ["a.png", "b.png"]
     summary = _strict_summary(tmp_path / "out")
-    assert summary["scored"] == 2 and summary["message"] == "interrupted after 2 row(s): KeyboardInterrupt()"
+    assert summary["scored"] == 2 and summary["partial"] is True
+    assert summary["message"] == "PARTIAL OUTPUT: interrupted after 2 row(s) of 3: KeyboardInterrupt()"
     monkeypatch.setattr(model, "predict_pil", real)
     assert predict_files(model, folder, tmp_path / "out", progress=False, overwrite=True).scored == 3
+
+
+def test_sigterm_marks_the_output_partial(model: FAPM, demo_images: list[Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed before: SIGTERM left 5 of 52 rows and nothing saying the output was partial."""
+    import os
+    import signal
+
+    from fapm import signals
+
+    folder = _copy(demo_images, tmp_path / "in", ["a.png", "b.png", "c.png"])
+    real = model.predict_pil
+    calls = []
+
+    def terminated(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict_pil", terminated)
+    with signals.sigterm_as_interrupt(), pytest.raises(signals.Terminated):
+        predict_files(model, folder, tmp_path / "out", batch_size=2, progress=False)
+    summary = _strict_summary(tmp_path / "out")
+    assert summary["partial"] is True and summary["scored"] == 2
+    assert summary["message"].startswith("PARTIAL OUTPUT: interrupted after 2 row(s) of 3: Terminated(")
+    assert signals.interrupt_status() == 143

@@ -71,8 +71,9 @@ def test_train_end_to_end_and_loss_goes_down(lamp_run) -> None:
 
 
 def test_saved_model_reproduces_test_metrics(lamp_run, tmp_path: Path) -> None:
-    _, metrics, out = lamp_run
-    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "trainer.accelerator=cpu"], tmp_path)
+    cfg0, metrics, out = lamp_run
+    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "trainer.accelerator=cpu",
+                                  f"data_root={cfg0.data.root}"], tmp_path)
     again = evaluate(cfg)
     for key in (names.IMAGE_AUROC, names.PIXEL_AUROC, names.PIXEL_AUPRO):
         assert again[key] == pytest.approx(metrics[key], abs=1e-9), key

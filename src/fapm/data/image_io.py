@@ -109,6 +109,15 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def multi_frame_message(frames: int) -> str:
+    """Why an image of several frames is refused (rather than scoring its first frame only)."""
+    return (
+        f"holds {frames} frames (a multi-page TIFF or an animated PNG/WebP); only single-frame images are "
+        "read, since scoring the first frame alone could call a defect on another frame good: save each "
+        "frame as its own file"
+    )
+
+
 def _open_loaded(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
     """Open, size-check (header), fully decode and EXIF-orient ``path``.
 
@@ -126,6 +135,9 @@ def _open_loaded(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image,
                 width, height = img.size
                 if width * height > max_pixels:  # before decoding: a huge header costs nothing
                     check_size(width, height, str(path), 1, max_pixels)
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                if frames > 1:
+                    raise DataError(f"{path}: {multi_frame_message(frames)}")
                 img.load()
                 orientation = _orientation(img)
                 image = img.copy()  # detached from the file
@@ -245,8 +257,13 @@ def read_size(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("ignore")
             with open(path, "rb") as handle, Image.open(handle, formats=_formats()) as img:
                 width, height = img.size
+                frames = int(getattr(img, "n_frames", 1) or 1)
+                if frames > 1:  # refused at set-up already, before any fit
+                    raise DataError(f"{path}: {multi_frame_message(frames)}")
                 if _orientation(img) in _SWAPS_SIDES:
                     width, height = height, width
                 return width, height
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - see _open_loaded
         raise _unreadable(path, exc) from exc

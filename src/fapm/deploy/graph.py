@@ -196,7 +196,7 @@ class HeadGraph(nn.Module):
         fused = fuse_streams(maps, self.layer_weights)
         scores = self.image_score(ScoreContext(fused, lambda pos, n: self.support(results, fused, pos, n)))
         anomaly = torch.matmul(torch.matmul(self.map_rows, fused[:, 0]), self.map_cols_t)  # resize + blur
-        return scores, anomaly, scores >= self.image_threshold
+        return scores, anomaly, ~(scores < self.image_threshold)  # fail closed: a NaN score is defective
 
 
 class ScoringGraph(nn.Module):
@@ -208,7 +208,12 @@ class ScoringGraph(nn.Module):
         self.head = head
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.head(*self.backbone(images))
+        scores, anomaly, labels = self.head(*self.backbone(images))
+        # A NaN/Inf pixel must never score "good" in any runtime (OpenVINO's pooling drops NaN and
+        # gives a finite score): such an image's score is NaN and its label True.
+        bad = (torch.isnan(images) | torch.isinf(images)).flatten(1).any(1)
+        scores = torch.where(bad, torch.full_like(scores, float("nan")), scores)
+        return scores, anomaly, labels | bad
 
 
 def scoring_graph(

@@ -39,6 +39,10 @@ class InputSizeError(ValueError):
     """Images of another shape than the model was exported (or fitted) for."""
 
 
+class NonFiniteInputError(ValueError):
+    """Images holding NaN or infinite pixels: never scored (a runtime may ignore them and say "good")."""
+
+
 @dataclass
 class DeployOutput(AnomalyOutput):
     """:class:`~fapm.types.AnomalyOutput` plus ``labels [B]`` (bool, ``score >= image_threshold``)."""
@@ -56,10 +60,20 @@ def check_images(images: Tensor | np.ndarray, info: DeployInfo, what: str) -> No
             f"as in its pre-processing), got {list(shape)}; a graph cannot score another size: pre-process the "
             f"images to {side}x{side} or export the model again for that size"
         )
+    values = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        bad = ~torch.isfinite(values).flatten(1).all(1)
+        raise NonFiniteInputError(
+            f"{what}: image(s) {bad.nonzero().flatten().tolist()} of the batch hold NaN or infinite pixels; "
+            "they are not scored (fix the pre-processing that produced them)"
+        )
 
 
 def labels_for(scores: Tensor, threshold: float | None) -> Tensor:
-    return scores >= threshold if threshold is not None else torch.zeros_like(scores, dtype=torch.bool)
+    """``score >= threshold``, failing closed: a NaN score is defective, never good."""
+    if threshold is None:
+        return torch.isnan(scores)
+    return ~(scores < threshold)
 
 
 class Scorer(ABC):
@@ -71,6 +85,8 @@ class Scorer(ABC):
     """
 
     name: str = ""
+    #: the graph scored was checked against a digest signed with the signing key (fapm.deploy.digest)
+    verified: bool = False
 
     def __init__(self, info: DeployInfo) -> None:
         self.info = info
@@ -161,6 +177,10 @@ class OnnxRuntimeScorer(Scorer):
         self, path: str | Path, info: DeployInfo | None = None, threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
+        if info is None:  # a user's exported file: checked against its digest before use
+            from fapm.deploy.digest import verify
+
+            self.verified = verify(path)
         self.session = ort_session(path, threads, providers)
         self.path = Path(path)
         if info is None:
@@ -195,6 +215,10 @@ class OpenVINOScorer(Scorer):
         self, path: str | Path, info: DeployInfo | None = None, precision: str = "f32", threads: int | None = None,
         hint: str = "LATENCY",
     ) -> None:
+        if info is None:  # a user's exported file: checked against its digest before use
+            from fapm.deploy.digest import verify
+
+            self.verified = verify(path)
         self.compiled = ov_compile(path, precision, threads, hint)
         self.path = Path(path)
         self.precision = precision

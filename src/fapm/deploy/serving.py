@@ -63,20 +63,32 @@ def _check_exportable(model: FAPM) -> None:
         )
 
 
-def cached_onnx(model: FAPM) -> Path:
-    """The ONNX graph of ``model`` (exported once, then reused from :func:`cache_dir`)."""
+def cached_onnx(model: FAPM) -> tuple[Path, bool]:
+    """The ONNX graph of ``model`` (exported once, then reused from :func:`cache_dir`) and whether
+    it was verified with the signing key.
+
+    The cached graph carries the model file's checksum and its own digest (signed with the key
+    when one is set, :mod:`fapm.deploy.digest`); a cached graph that does not match them (edited,
+    corrupt, from another file, unsigned while a key is set) is rebuilt, never used.
+    """
+    from fapm.deploy import digest
     from fapm.deploy.onnx_export import export_onnx
 
     _check_exportable(model)
     info = DeployInfo.from_model(model)
     target = cache_dir() / f"{_key(model, info)}.onnx"
     if target.is_file():
-        return target
+        try:
+            return target, digest.verify(target, model.file.checksum)
+        except digest.DigestError as err:
+            log.warning("cached graph not used, rebuilding it: %s", err)
+            target.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX once (cached in %s)", model.file.path, target.parent)
     detector = model.detector.cpu().eval()
     replace_atomically(target, lambda tmp: export_onnx(detector, tmp, info))
-    return target
+    digest.write(target, model.file.checksum)
+    return target, digest.verify(target, model.file.checksum)
 
 
 def scorer_for(model: FAPM, engine: str, precision: str = "f32", threads: int | None = None) -> Scorer:
@@ -90,11 +102,13 @@ def scorer_for(model: FAPM, engine: str, precision: str = "f32", threads: int | 
     if engine == "onnxruntime" and precision != "f32":
         raise DeployError(f"runtime=onnxruntime runs f32 only, got precision={precision!r}")
     try:
-        path = cached_onnx(model)
+        path, verified = cached_onnx(model)
         options: dict[str, Any] = {"threads": threads}
         if engine == "openvino":
             options["precision"] = precision
-        return make_scorer(engine, path=path, info=DeployInfo.from_model(model), **options)
+        scorer = make_scorer(engine, path=path, info=DeployInfo.from_model(model), **options)
+        scorer.verified = verified
+        return scorer
     except ImportError as err:
         raise DeployError(f"runtime={engine} needs {err.name or 'its package'}: {err}") from err
 
@@ -110,21 +124,28 @@ def export_model(model: FAPM, out: Path, fmt: str, precision: str = "fp32", cali
     """
     from fapm.deploy.onnx_export import export_onnx
 
+    import tempfile
+
     _check_exportable(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    info = DeployInfo.from_model(model)
-    onnx_path = out if fmt == "onnx" else out.with_suffix(".onnx")
-    if precision == "int8":
-        _export_int8(model, onnx_path, info, calibration_images, seed)
-    else:
-        replace_atomically(onnx_path, lambda tmp: export_onnx(model.detector.cpu().eval(), tmp, info))
+    if fmt == "openvino" and out.suffix != ".xml":
+        raise DeployError(f"an OpenVINO IR is an .xml file (with its .bin beside it), got {out}")
     if fmt == "openvino":
         try:
             import openvino as ov
         except ImportError as err:
-            raise DeployError(f"--format openvino needs openvino: {err}") from err
-        ov.save_model(ov.convert_model(str(onnx_path)), str(out))
-        onnx_path.unlink()
+            raise DeployError(f"format=openvino needs openvino: {err}") from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = DeployInfo.from_model(model)
+    # OpenVINO is converted from an intermediate ONNX file in a private folder: never a file
+    # beside the output (an existing model.onnx next to model.xml stays untouched)
+    with tempfile.TemporaryDirectory(prefix="fapm-export-") as scratch:
+        onnx_path = out if fmt == "onnx" else Path(scratch) / "graph.onnx"
+        if precision == "int8":
+            _export_int8(model, onnx_path, info, calibration_images, seed)
+        else:
+            replace_atomically(onnx_path, lambda tmp: export_onnx(model.detector.cpu().eval(), tmp, info))
+        if fmt == "openvino":
+            ov.save_model(ov.convert_model(str(onnx_path)), str(out))
     return out
 
 

@@ -170,6 +170,12 @@ class FAPM:
         )
 
     @property
+    def verified(self) -> bool:
+        """True only when everything that scores was verified with the signing key: the model file
+        and, with ``runtime=onnxruntime|openvino``, the cached graph the runtime runs."""
+        return bool(self.file.verified) and (self._scorer is None or bool(getattr(self._scorer, "verified", False)))
+
+    @property
     def has_labels(self) -> bool:
         """True when an image threshold is set (results carry labels)."""
         return self.image_threshold is not None
@@ -273,15 +279,20 @@ class FAPM:
             precision: ``fp32``, or ``int8`` for ``onnx``/``openvino`` (NNCF-quantized backbone,
                 memories rebuilt from its features on the model's training images).
         """
+        from fapm.deploy import digest
+
         if format == "torchscript":
             if precision != "fp32":
                 raise ValueError("TorchScript export is fp32 only")
             from fapm.inference.export import export_torchscript
 
-            return export_torchscript(self, path)
-        from fapm.deploy.serving import export_model
+            written = export_torchscript(self, path)
+        else:
+            from fapm.deploy.serving import export_model
 
-        return export_model(self, Path(path), format, precision)
+            written = export_model(self, Path(path), format, precision)
+        digest.write(written, self.file.checksum)  # checked before use (fapm.deploy.digest)
+        return written
 
     def __repr__(self) -> str:
         facts = ", ".join(f"{k}={self.facts[k]}" for k in ("model", "backbone", "layers", "grid", "weights") if k in self.facts)

@@ -80,8 +80,12 @@ def _array_to_uint8(array: np.ndarray, source: str) -> np.ndarray:
             raise InputError(
                 f"{source}: float image holds {bad} NaN or infinite value(s); refusing to guess its pixels"
             )
-        scale = 255.0 if values.size == 0 or float(values.max()) <= 1.0 else 1.0
-        return np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+        if values.size and (float(values.min()) < 0.0 or float(values.max()) > 1.0):
+            raise InputError(
+                f"{source}: a float image must hold values in [0, 1], got {float(values.min()):.6g}.."
+                f"{float(values.max()):.6g}; pass 0-255 data as uint8 (or divide it by 255)"
+            )
+        return np.round(values * 255.0).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
         return np.clip(array, 0, 255).astype(np.uint8)
     raise InputError(f"{source}: unsupported array dtype {array.dtype}")
@@ -121,6 +125,9 @@ def to_pil(
     source = f"input #{index}"
     try:
         if isinstance(item, Image.Image):
+            frames = int(getattr(item, "n_frames", 1) or 1)
+            if frames > 1:
+                raise InputError(f"{source}: {image_io.multi_frame_message(frames)}")
             image = to_rgb(item, source)
         elif isinstance(item, np.ndarray):
             image = array_to_pil(item, source)

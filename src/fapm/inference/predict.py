@@ -91,6 +91,12 @@ class PredictSummary:
     not_inspected: float = 0.0
     message: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    #: True when the run stopped before every input had its row (Ctrl-C, SIGTERM, disk full...):
+    #: the results files hold the rows written so far, not the whole input.
+    partial: bool = False
+    #: True only when the model file and every graph that scored were verified with the signing key
+    #: (``FAPM.verified``; docs/reliability.md, "Model files are data").
+    verified: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -600,7 +606,8 @@ def predict_files(
 def _run(model: FAPM, input: str | Path, out: Path, batch_size: int, write_overlays: bool, write_masks: bool,
          alpha: float, progress: bool) -> PredictSummary:
     summary = PredictSummary(str(input), str(out), image_threshold=model.image_threshold,
-                             pixel_threshold=model.pixel_threshold, not_inspected=model.preprocess.border_share())
+                             pixel_threshold=model.pixel_threshold, not_inspected=model.preprocess.border_share(),
+                             verified=bool(getattr(model, "verified", False)))
     if summary.not_inspected > 0:
         log.warning("%s", model.preprocess.border_note())
     writer = ResultWriter(out)
@@ -651,7 +658,11 @@ def _run(model: FAPM, input: str | Path, out: Path, batch_size: int, write_overl
             writer.flush()
         bar.close()
     except BaseException as exc:  # Ctrl-C, disk full...: the rows so far stay, the summary says why
-        summary.message = f"interrupted after {summary.scored + summary.failed + summary.skipped} row(s): {exc!r}"
+        summary.partial = True
+        summary.message = (
+            f"PARTIAL OUTPUT: interrupted after {summary.scored + summary.failed + summary.skipped} row(s) "
+            f"of {len(listing.entries) if 'listing' in locals() else '?'}: {exc!r}"
+        )
         with contextlib.suppress(Exception):  # never hide the cause behind a second failure
             writer.close()
             _finish(out, summary, start, writer.csv_path)

@@ -13,11 +13,38 @@ module that trains (LAMP) is wrapped as usual. No dummy parameter is added anywh
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch.strategies import DDPStrategy
 
 log = logging.getLogger(__name__)
+
+
+def _end_job_with_the_rank_error(observer: _ChildProcessObserver) -> None:
+    """Replaces Lightning's observer reaction to a failed child rank (SIGKILL to every process,
+    rank 0 included: exit 137 and no word of why) with one line naming the rank, then an exit
+    with that rank's status. The rank's own error is printed by the rank itself (same stderr)."""
+    failed = [(i + 1, p) for i, p in enumerate(observer._child_processes) if p.returncode]
+    rank, proc = failed[0] if failed else (0, None)
+    code = int(proc.returncode) if proc is not None else 1
+    status = f"exit status {code}" if code > 0 else f"signal {-code}"
+    print(
+        f"fapm: error: DDP rank {rank}{f' (pid {proc.pid})' if proc is not None else ''} failed ({status}); its "
+        "error is printed above; the other ranks were stopped",
+        file=sys.stderr, flush=True,
+    )
+    for child in observer._child_processes:
+        try:
+            child.send_signal(observer._termination_signal)
+        except (ProcessLookupError, OSError):
+            pass
+    os._exit(code if 0 < code < 128 else 1)
+
+
+_ChildProcessObserver._terminate_all = _end_job_with_the_rank_error  # type: ignore[method-assign]
 
 
 class MemoryBankDDPStrategy(DDPStrategy):

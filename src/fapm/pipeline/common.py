@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from fapm.errors import FapmError
 from fapm.fileio import write_text_atomically
 from fapm.metrics import names
 from fapm.reporting.runs import METRICS_FILE  # the run-folder layout is owned by its reader
-from fapm.settings import ConfigError, RunSettings, parse_run
+from fapm.settings import ConfigError, LampSettings, RunSettings, check_data_memory, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,65 @@ def validated_settings(cfg: DictConfig, groups: tuple[str, ...] = ("model", "bac
         except OmegaConfBaseException as err:  # an interpolation that cannot be resolved
             key = getattr(err, "full_key", None) or group
             problems.append(f"{key}: {getattr(err, 'msg', None) or err}")
+    trainer = cfg.get("trainer") or {}
+    epochs = trainer.get("max_epochs") if hasattr(trainer, "get") else None
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        # 0 epochs would "fit" nothing and write a model file that loading then refuses
+        problems.append(f"trainer.max_epochs: must be an integer >= 1, got {epochs!r}")
     if problems:
         raise ConfigError(problems)
-    return parse_run(plain)
+    settings = parse_run(plain)
+    if not isinstance(settings.model, LampSettings):  # LAMP has no backbone
+        check_backbone_name(settings.backbone.name, settings.backbone.library)
+    check_data_memory(settings.data)  # an estimate against the machine, before any work
+    return settings
+
+
+def check_backbone_name(name: str, library: str) -> None:
+    """:class:`ConfigError` when ``library`` has no model ``name`` (found before the data is listed)."""
+    if library == "timm":
+        import timm
+
+        known = timm.is_model(name)
+    else:
+        import torchvision
+
+        known = name in torchvision.models.list_models()
+    if not known:
+        raise ConfigError([
+            f"backbone.name: {library} has no model named {name!r} (backbone.library={library}; e.g. resnet18, "
+            "wide_resnet50_2, or a backbone=<option> config)"
+        ])
+
+
+@contextlib.contextmanager
+def summarised_image_warnings(detector: Any, images: str) -> Iterator[None]:
+    """One warning with its count for a condition met image by image, instead of one per batch.
+
+    The detector warns per batch when test images fall back from alignment to the
+    neighbourhood search (:class:`~fapm.models.detector.AlignmentFallbackWarning`); Python's
+    warning filter then shows some of those lines and drops the rest. Inside this block they
+    are silenced, and the count the detector keeps (``aligner.counts``) is reported once.
+    """
+    from fapm.models.detector import AlignmentFallbackWarning
+
+    aligner = getattr(detector, "aligner", None)
+    before = dict(aligner.counts) if aligner is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlignmentFallbackWarning)
+        try:
+            yield
+        finally:
+            if aligner is not None:
+                fell = aligner.counts["fallback"] - before.get("fallback", 0)
+                scored = fell + aligner.counts["aligned"] - before.get("aligned", 0)
+                if fell:
+                    log.warning(
+                        "model.align=%s: %d of %d %s images did not register confidently (PSR < "
+                        "model.align_min_confidence=%g) and were scored with the neighbourhood search (radius "
+                        "%d) instead of being warped", aligner.mode, fell, scored, images, aligner.min_confidence,
+                        max(int(getattr(detector, "neighbourhood", 0)), int(aligner.radius)),
+                    )
 
 
 def log_hyperparameters(cfg: DictConfig, loggers: list[Any]) -> None:

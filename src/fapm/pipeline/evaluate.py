@@ -18,8 +18,15 @@ from fapm.builders import build_datamodule
 from fapm.inference.thresholds import Thresholds
 from fapm.lightning.base import AnomalyModule
 from fapm.model_file import ModelFile, load_detector
-from fapm.pipeline.common import METRICS_FILE, build_trainer, output_dir, summary, write_metrics
-from fapm.settings import ConfigError, DataSettings, parse_data
+from fapm.pipeline.common import (
+    METRICS_FILE,
+    build_trainer,
+    output_dir,
+    summarised_image_warnings,
+    summary,
+    write_metrics,
+)
+from fapm.settings import ConfigError, DataSettings, check_data_memory, parse_data
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,22 @@ def data_settings(cfg: DictConfig, file: ModelFile) -> DataSettings:
         if file.data is None:
             raise ConfigError([f"data: {file.path} records no dataset; choose one, e.g. data=mvtec data.root=... "
                                "data.category=..."])
-        return parse_data({**file.data.to_dict(), **fixed}, "data")
+        stored = file.data.to_dict()
+        # the root comes from the command line or the config, never from the file (a crafted file
+        # could otherwise make eval generate demo data into a folder it names)
+        root = cfg.get("data_root")
+        if not root:
+            if not stored.get("generate_demo"):
+                raise ConfigError([
+                    f"data_root: {file.path} was fitted on a {stored.get('type')} dataset (category "
+                    f"{stored.get('category')!r}, stored root {stored.get('root')!r}); say where it is on this "
+                    "machine: data_root=<folder> (the root stored in a model file is never used)"
+                ])
+            root = f"{cfg.paths.data_dir}/fapm_demo"
+        stored["root"] = str(root)
+        if cfg.get("category"):
+            stored["category"] = str(cfg.category)
+        return parse_data({**stored, **fixed}, "data")
     merged = OmegaConf.merge(cfg, {"data": fixed})
     return parse_data(OmegaConf.to_container(merged.data, resolve=True), "data")
 
@@ -45,13 +67,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = output_dir(cfg)
     detector, file = load_detector(cfg.ckpt_path)
-    datamodule = build_datamodule(data_settings(cfg, file))
+    data = data_settings(cfg, file)
+    check_data_memory(data)  # the model file's image size with this run's batch sizes, before any work
+    datamodule = build_datamodule(data)
     datamodule.prepare_data()
     datamodule.setup("test")
     module = AnomalyModule(detector, name=file.model.name, timing_warmup=getattr(file.model, "timing_warmup", 2))
     module.thresholds = Thresholds.from_dict(file.thresholds)
     trainer, _ = build_trainer(cfg)
-    trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+    with summarised_image_warnings(detector, "test"):
+        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
     metrics: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
     metrics.update(module.facts())
     metrics["model_file"] = str(cfg.ckpt_path)

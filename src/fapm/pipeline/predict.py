@@ -19,11 +19,14 @@ from fapm.inference.api import FAPM
 from fapm.inference.predict import OutputFolder, PredictError, PredictSummary, check_device, predict_files
 from fapm.inference.thresholds import ThresholdError, parse_choice
 from fapm.model_file import ModelFileError
+from fapm.settings import ConfigError, check_memory
 
 log = logging.getLogger(__name__)
 
 #: What a predict run reports as one line (exit code 2) instead of a traceback.
-SETUP_ERRORS: tuple[type[Exception], ...] = (PredictError, ThresholdError, ModelFileError, DataError, DeployError)
+SETUP_ERRORS: tuple[type[Exception], ...] = (
+    PredictError, ThresholdError, ModelFileError, DataError, DeployError, ConfigError,
+)
 
 
 def _integer(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -89,6 +92,8 @@ def predict(cfg: DictConfig) -> PredictSummary:
             precision=cfg.runtime.precision,
             threads=cfg.runtime.threads,
         )
+        # the model file's image size with this run's batch size, against the machine, before any image
+        check_memory(model.preprocess.image_size, cfg.batch_size, f"{cfg.ckpt_path}: preprocess.image_size", "batch_size")
         log.info("%r", model)
         summary = predict_files(
             model,

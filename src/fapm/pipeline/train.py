@@ -38,6 +38,7 @@ from fapm.pipeline.common import (
     build_trainer,
     log_hyperparameters,
     output_dir,
+    summarised_image_warnings,
     summary,
     validated_settings,
     write_metrics,
@@ -63,6 +64,7 @@ class _Progress:
     stage: str = "set-up"
     model_file: Path | None = None
     trainer: Any = None
+    module: Any = None
 
 
 def run_facts(module: Any, datamodule: Any) -> dict[str, Any]:
@@ -102,13 +104,22 @@ def _record_failure(cfg: DictConfig, out: Path, error: BaseException, progress: 
     """Write ``metrics.json`` with ``status: failed``; a second failure never hides the first."""
     if isinstance(error, SystemExit) and error.code in (0, None):
         return
+    from fapm import signals
+
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
     facts: dict[str, Any] = {**config_facts(cfg), "output_dir": str(out), "failed_stage": progress.stage}
     if progress.model_file is not None:
         facts["model_file"] = str(progress.model_file)
+    # a test that finished keeps its metrics, whatever stops the run afterwards (figures, Ctrl-C)
+    tested = dict(getattr(progress.module, "test_results", None) or {})
+    if tested:
+        facts.update(progress.module.facts())
+        facts.update(tested)
+        facts["test_completed"] = True
     record = failure_metrics(error, facts)
     if interrupted:
-        record["error"] = f"interrupted during {progress.stage}"
+        cause = signals.describe(error) if isinstance(error, KeyboardInterrupt) or signals.received else None
+        record["error"] = f"interrupted{f' ({cause})' if cause else ''} during {progress.stage}"
     try:
         write_metrics(out / METRICS_FILE, record)
     except OSError as err:
@@ -129,6 +140,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
         log.warning("data.%s", datamodule.preprocess.border_note())
     progress.stage = "model set-up"
     module = _build_module(cfg, settings)
+    progress.module = module
     trainer, built = build_trainer(cfg)
     progress.trainer = trainer
     loggers.extend(built)
@@ -143,13 +155,17 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     writer = trainer.is_global_zero  # under DDP one process writes the run's files
 
     def save(thresholds: Thresholds) -> None:
+        # counts (alignment fallbacks, enlarged regions, k_effective) as they are now, after the
+        # work done so far: metrics.json and the model file always record the same numbers
+        facts = module.facts()
+        metrics.update(facts)
         if not cfg.get("save_model", True) or not writer:
             return
         progress.model_file = save_model(
             out / MODEL_FILE, module.detector, settings.model,
             None if isinstance(settings.model, LampSettings) else settings.backbone,
             datamodule.preprocess.to_dict(), data=settings.data, thresholds=thresholds.to_dict(),
-            facts=module.facts(), meta={"fit_seconds": fit_seconds},
+            facts=facts, meta={"fit_seconds": fit_seconds},
             include_backbone=bool(cfg.get("save_backbone", False)),
         )
         metrics["model_file"] = str(progress.model_file)
@@ -157,10 +173,11 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     progress.stage = "save"
     save(Thresholds())  # the fit is never lost, whatever happens next
     progress.stage = "thresholds"
-    thresholds = holdout_thresholds(
-        module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
-        progress=writer and trainer.progress_bar_callback is not None,
-    )
+    with summarised_image_warnings(module.detector, "held-out normal"):
+        thresholds = holdout_thresholds(
+            module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
+            progress=writer and trainer.progress_bar_callback is not None,
+        )
     if thresholds.n_normal == 0 and writer:
         log.warning(
             "no held-out normal images (data.normal_holdout=0): the model has no decision threshold, so "
@@ -171,10 +188,25 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     module.thresholds = thresholds
     if cfg.get("test", True):
         progress.stage = "test"
-        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+
+        def test_metrics_first() -> None:
+            """The finished test's metrics on disk before the figures are drawn (a kill -9 while
+            drawing keeps them); the final record replaces this one."""
+            if writer and module.test_results:
+                write_metrics(out / METRICS_FILE, {
+                    **metrics, **module.facts(), **module.test_results, STATUS_KEY: "failed",
+                    "failed_stage": "figures", "test_completed": True,
+                    "error": "the run stopped after the test, while the figures were drawn",
+                })
+
+        trainer.callbacks.insert(0, _BeforeFigures(test_metrics_first))  # before the figure callbacks
+        with summarised_image_warnings(module.detector, "test"):
+            trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
         metrics.update(module.test_results)
         thresholds = thresholds.with_test_results(module.test_results)
         save(thresholds)
+    else:
+        metrics.update(module.facts())
     metrics.update(thresholds.as_metrics())
     metrics[STATUS_KEY] = STATUS_OK
     progress.stage = "report"
@@ -183,6 +215,16 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
         log_metrics_table(loggers, metrics, out, step=trainer.global_step)
         print(summary(metrics, f"train {metrics.get('model')} on {metrics.get('category')}"))
     return metrics
+
+
+class _BeforeFigures(L.Callback):
+    """Calls ``action`` when the test ends, before the callbacks after it (the figures) run."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.action()
 
 
 def _build_module(cfg: DictConfig, settings: RunSettings) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fapm.errors import FapmError
 from fapm.metrics import names
 
 #: Name of the metrics file in a run folder (the pipeline writes it under this name).
@@ -218,6 +219,12 @@ def _walk_runs(root: Path) -> list[Path]:
     return found
 
 
+class RunsNotFound(FapmError, FileNotFoundError):
+    """A run folder (or pattern) given to the report that does not exist."""
+
+    hint = "give run or multirun folders, metrics.json files or a quoted glob (e.g. logs/train/multiruns/*)"
+
+
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Run folders under ``paths``: run folders, multirun folders, ``metrics.json`` files or globs.
 
@@ -229,11 +236,11 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         text = str(item)
         matches = sorted(glob.glob(os.path.expanduser(text))) if _GLOB_CHARS.search(text) else [text]
         if not matches:
-            raise FileNotFoundError(f"no path matches {text!r}")
+            raise RunsNotFound(f"no path matches {text!r}")
         for match in matches:
             path = Path(match).expanduser()
             if not path.exists():
-                raise FileNotFoundError(f"run folder not found: {path}")
+                raise RunsNotFound(f"run folder not found: {path}")
             if path.is_file():
                 path = path.parent
             runs = [path] if is_run_dir(path) else sorted(_walk_runs(path), key=_natural_key)
@@ -319,6 +326,8 @@ def read_run(path: str | Path) -> RunRecord:
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text())
+            if not isinstance(metrics, dict):
+                raise ValueError(f"expected a JSON object, got a {type(metrics).__name__}")
         except (OSError, ValueError) as error:
             record = RunRecord(path, {}, STATUS_FAILED, f"unreadable {METRICS_FILE}: {describe_error(error)}")
         else:
