@@ -97,8 +97,8 @@ def check(line: str, tmp_path: Path) -> None:
     if command in cli.HYDRA_COMMANDS:
         check_hydra_command(command, args, tmp_path)
     elif command == "export":
-        parsed = cli.export_parser().parse_args(args)
-        assert parsed.model.endswith("model.safetensors") and parsed.format in cli.EXPORTERS
+        parsed = cli.parse_export_args(args)
+        assert parsed["model"].name == "model.safetensors" and parsed["format"] in cli.EXPORT_FORMATS
     elif command == "report":
         parsed = cli.report_parser().parse_args(args)
         assert parsed.runs

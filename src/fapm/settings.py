@@ -583,6 +583,11 @@ class StoredThresholdSettings(Settings):
     n_normal: int = setting(0, ge=0)
 
 
+#: Schemas of model-file sections that are not configuration keys (the configuration reference
+#: lists the groups of :class:`RunSettings`; these describe what ``fapm train`` stored).
+MODEL_FILE_SECTIONS: tuple[type[Settings], ...] = (PreprocessSettings, StoredThresholdSettings, LevelThresholdSettings)
+
+
 # ----------------------------------------------------------------------------- machine check
 #: Bytes of backbone activations per input pixel and image, all layers together (a CNN such as
 #: Wide-ResNet50 keeps ~100 float32 values per input pixel alive); a deliberate over-estimate.

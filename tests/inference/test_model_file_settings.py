@@ -62,7 +62,7 @@ def _set(section: str, key: str, value):
         (_set("preprocess", "crop_size", 128), r"preprocess\.crop_size: must be <= image_size"),
         (_set("preprocess", "mean", [0.5, 0.5]), r"preprocess\.mean: needs 3 values"),
         (_set("preprocess", "std", [0.2, 0.0, 0.2]), r"preprocess\.std: every value must be > 0"),
-        (_set("preprocess", "resize", "lanczos"), r"preprocess\.resize: unknown key"),
+        (_set("preprocess", "interpolation", "lanczos"), r"preprocess\.interpolation: unknown key"),
         (_set("preprocess", "mean", [0.5, 0.5, 0.5]), r"preprocess\.mean/std differ from the backbone's normalisation"),
         (lambda h: h.update(preprocess="224"), r"preprocess: expected a group of keys"),
         (lambda h: h["thresholds"]["image"].update(quantile="high"), r"thresholds\.image\.quantile: expected a number"),
