@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -277,25 +278,24 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
 def _relaunchable(command: str) -> Iterator[None]:
     """Let Lightning's DDP launcher start the other ranks with this same command.
 
-    Lightning re-runs ``sys.argv`` (``python <argv[0]> <argv[1:]>``, or ``python -m <module>
-    <argv[1:]>``) plus its own Hydra overrides. Hydra has parsed the command line by now, so
-    ``sys.argv`` can name this package's ``__main__`` and the command, whichever way the
-    process was started (``fapm``, ``python -m fapm``, ``python train.py``).
+    Lightning re-runs the main module (``python -m <__main__.__spec__.name> <argv[1:]>``, or the
+    file ``argv[0]`` when the main module has no spec) plus its own Hydra overrides. Hydra has
+    parsed the command line by now, so for the launch the main module is presented as
+    ``fapm.__main__`` and ``sys.argv`` as ``fapm <command> ...``: every rank runs ``python -m
+    fapm.__main__ <command> ...`` whichever way this process was started (``fapm``, ``python -m
+    fapm``, ``python train.py``). Never a file inside the package: run as a script, its folder
+    would come first on ``sys.path`` and ``fapm/lightning`` would shadow Lightning itself.
     """
     import __main__
 
-    import fapm.relaunch.run as script
-
-    saved = sys.argv
-    # ``python -m fapm``: Lightning runs ``python -m fapm.__main__ <argv[1:]>``; otherwise the file
-    if getattr(__main__, "__spec__", None) is not None:
-        sys.argv = ["fapm", command, *saved[1:]]
-    else:
-        sys.argv = [str(Path(script.__file__).resolve()), command, *saved[1:]]
+    saved_argv, saved_spec = sys.argv, getattr(__main__, "__spec__", None)
+    sys.argv = ["fapm", command, *saved_argv[1:]]
+    __main__.__spec__ = importlib.util.find_spec("fapm.__main__")
     try:
         yield
     finally:
-        sys.argv = saved
+        sys.argv = saved_argv
+        __main__.__spec__ = saved_spec
 
 
 # ---------------------------------------------------------------------------------- report

@@ -125,7 +125,7 @@ def test_neighbourhood_search_is_superset(tmp_path, images) -> None:
     det = fit(build("fapm", tmp_path, ["model.adaptive=false"]), images)
     test = images[:2] + 0.4
     plain = det.nearest(det.extract(test))
-    det.neighbourhood = 1
+    det.scorer.neighbourhood = 1
     wider = det.nearest(det.extract(test))
     for p, w in zip(plain, wider):
         assert bool((w.distances <= p.distances + 1e-5).all())
@@ -162,14 +162,15 @@ def test_support_distances_per_region_match_direct(extractor, images) -> None:
     test = images[:3] + 0.5
     streams = det.extract(test)
     results = det.nearest(streams)
-    fused = det.fuse(results, 3)
+    fused = det.scorer.fuse(results, 3)
     pos = fused[:, 0].flatten(1).argmax(dim=1)
-    got = det._support(results, fused, pos, 4)
+    _, k_max = det.search_limits()
+    got = det.scorer.support(results, fused.shape[-2:], [m.searchable() for m in det.memories], k_max, pos, 4)
     height, width = fused.shape[-2:]
     for b in range(3):
         y, x = int(pos[b]) // width, int(pos[b]) % width
         expected = torch.zeros(4, dtype=torch.float64)
-        for stream, memory, weight in zip(streams, det.memories, det.layer_weights):
+        for stream, memory, weight in zip(streams, det.memories, det.scorer.layer_weights):
             hs, ws = stream.shape[-2:]
             ys, xs = y * hs // height, x * ws // width
             region = (ys // (hs // 7)) * 7 + xs // (ws // 7)
@@ -211,10 +212,9 @@ def test_softmax_score_with_one_neighbour_falls_back_to_max_and_warns(extractor,
         det.build()
     with torch.no_grad():
         out = det(images[1:4])
-        fused = det.fuse(det.nearest(det.extract(images[1:4])), 3)
     assert det.effective_k() == 1
     assert torch.all(out.image_scores > 0)
-    assert torch.equal(out.image_scores, fused[:, 0].flatten(1).amax(dim=1))
+    assert torch.equal(out.image_scores, out.patch_scores.flatten(1).amax(dim=1))
 
 
 def _direct_fused(det: MemoryDetector, test: torch.Tensor, k: int) -> torch.Tensor:

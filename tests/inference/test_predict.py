@@ -19,7 +19,7 @@ from PIL import Image
 
 from fapm.inference import FAPM
 from fapm.inference.predict import RESULT_FIELDS, predict_files
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
