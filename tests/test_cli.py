@@ -33,11 +33,17 @@ def run_fapm(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
     return subprocess.run([*fapm_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_console_script_is_declared() -> None:
+def test_console_script_runs_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ``fapm`` script declared in pyproject.toml resolves to a function that runs the commands."""
+    import importlib
+
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"] == {"fapm": "fapm.cli:main"}
-    assert callable(cli.main)
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["fapm"]
+    module, _, attr = target.partition(":")
+    entry = getattr(importlib.import_module(module), attr)
+    assert entry(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("train", "eval", "predict", "report", "export"))
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
@@ -111,12 +117,21 @@ def test_sweep_experiment_without_multirun_says_add_m(tmp_path: Path, capsys: py
     assert "Dataset root not found" in capsys.readouterr().err
 
 
-def test_runtime_threads_is_a_key_of_every_command() -> None:
+def test_runtime_threads_is_a_key_of_every_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``runtime.threads=N`` composes for every command (an unknown key would be refused) and its
+    node sets torch's threads."""
+    import torch
+
+    from fapm import console
     from tests.conftest import compose_config
 
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 3)  # leave the process's inter-op pool alone
     for name in cli.HYDRA_COMMANDS:
-        cfg = compose_config(name, [], Path("unused"))
-        assert cfg.runtime.threads is None, name
+        cfg = compose_config(name, ["runtime.threads=3"], Path("unused"))
+        console.apply_runtime(cfg.runtime)
+    assert calls == [3] * len(cli.HYDRA_COMMANDS)
 
 
 def test_missing_data_root_fails_before_any_backbone_is_built(
