@@ -62,6 +62,33 @@ def test_train_help_is_hydras_with_the_config_groups(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists()  # --help runs nothing
 
 
+@pytest.mark.parametrize("command, keys", [
+    ("train", ["model.k", "data.category", "backbone.name", "runtime.threads"]),
+    ("eval", ["ckpt_path", "runtime.threads"]),
+    ("predict", ["ckpt_path", "input", "runtime.threads"]),
+])
+def test_help_of_every_hydra_command_lists_its_keys(command: str, keys: list[str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "== Keys" in out
+    listed = set(out[out.index("== Keys") :].split())
+    assert set(keys) <= listed, set(keys) - listed
+
+
+def test_report_takes_key_value_and_lists_its_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {key} " in out for key in cli.REPORT_KEYS)
+    args = cli.parse_report_args(["runs=a,b", "c", "by=model", "out=o"])
+    assert args == {"runs": ["a", "b", "c"], "by": "model", "out": "o"}
+    assert cli.parse_report_args(["a", "--by", "both", "--out=o"])["by"] == "both"  # the earlier flags still read
+    assert cli.main(["report", "a", "by=row"]) == 2
+    assert "by=row is not one of" in capsys.readouterr().err
+    assert cli.main(["report", "a", "colour=red"]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def trained_by_cli(obvious_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """A tiny ``fapm train`` in a subprocess, in an empty working folder."""
@@ -95,7 +122,7 @@ def test_export_and_report_on_the_trained_run(
     if importlib.util.find_spec("onnxruntime") is not None:  # the deploy extra (CI installs it)
         assert cli.main(["export", str(run / "model.safetensors"), "--format", "onnx"]) == 0
         assert (run / "model.onnx").is_file()
-    assert cli.main(["report", str(run), "--out", str(work / "report")]) == 0
+    assert cli.main(["report", f"runs={run}", f"out={work / 'report'}"]) == 0
     assert "| plate |" in (work / "report" / "report.md").read_text()
 
 

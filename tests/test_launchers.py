@@ -139,7 +139,7 @@ def test_report_is_the_same_whatever_the_launcher(
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main([str(submitit_sweep[2]), "--out", str(tmp_path)]) == 1
+    assert cli.main([str(submitit_sweep[2]), f"out={tmp_path}"]) == 1
     printed = capsys.readouterr().out
     assert "| plate |" in printed and "| missing |" in printed and "1 failed run(s)" in printed
 
