@@ -130,6 +130,20 @@ def test_settings_name_lists_are_the_codes(key, names) -> None:
     assert sorted(_literal(MemorySettings, key)) == sorted(names)
 
 
-def test_model_families_are_the_settings_classes() -> None:
+def test_model_families_and_data_types_are_the_settings_classes() -> None:
+    from fapm.settings import DATA_TYPES
+
     for family, cls in MODEL_FAMILIES.items():
         assert _literal(cls, "family") == (family,)
+    for kind, cls in DATA_TYPES.items():
+        assert _literal(cls, "type") == (kind,)
+
+
+def test_every_search_backend_of_the_settings_builds_its_own_index() -> None:
+    from fapm.builders import build_search
+
+    made = {}
+    for backend in _literal(SearchSettings, "backend"):
+        factory = build_search(SearchSettings(backend=backend))
+        made[backend] = getattr(factory, "func", factory).__name__
+    assert made == {"torch": "TorchKNN", "faiss": "FaissKNN", "auto": "AutoKNN"}

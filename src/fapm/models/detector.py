@@ -23,24 +23,24 @@ wrapper around scoring (:mod:`fapm.models.aligned`). The two public stages are
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fapm.models.adaptive import AdaptiveCoreset
-from fapm.models.aligned import AlignmentFallbackWarning, TrainingAlignment, inside_frame, score_aligned
-from fapm.models.alignment import Aligner, invert_theta, warp
-from fapm.models.build_report import BuildReport
+from fapm.models.aligned import AlignmentFallbackWarning, TrainingAlignment, score_aligned, score_warped
+from fapm.models.alignment import Aligner
+from fapm.models.build_report import BuildReport, memory_facts
 from fapm.models.feature_store import FeatureStore
 from fapm.models.features import FeatureExtractor
-from fapm.models.knn import KNNSearch, TorchKNN
+from fapm.models.knn import KNNSearch
 from fapm.models.memory_builder import BuildStrategy, LocalBuild, MemoryBuilder
 from fapm.models.neighbourhood import NeighbourhoodPlan
 from fapm.models.patch_memory import PatchMemory, check_grid, split_regions
 from fapm.models.scorer import Scorer
 from fapm.models.scoring import ImageScore
+from fapm.models.search_cache import SearchCache
 from fapm.models.streams import FeatureStreams, SeparateLayers
 from fapm.models.support import StreamSearch
 from fapm.outputs import AnomalyOutput
@@ -110,17 +110,13 @@ class MemoryDetector(nn.Module):
         self.scorer = Scorer(self.grid, weights, k, image_score, map_upsample, blur_sigma, neighbourhood,
                              neighbourhood_border)
         self.builder = MemoryBuilder(coreset, seed)
-        self.search_factory = search or TorchKNN
+        self.search = SearchCache(search)
         self.aligner = aligner
         self.training_alignment = TrainingAlignment(aligner)
         self.memories = nn.ModuleList(PatchMemory(self.grid) for _ in range(n_streams))
         self.stream_names = extractor.layers if n_streams == len(extractor.layers) else ["+".join(extractor.layers)]
         self.features = FeatureStore(n_streams, dtype=feature_dtype, host=feature_host)
         self.strategy: BuildStrategy = LocalBuild()
-        self._searches: list[KNNSearch] = []
-        self._search_key: tuple | None = None
-        self._k_eff = 0
-        self._k_max = 0
         self.last_build: BuildReport | None = None
 
     # ------------------------------------------------------------------ state
@@ -153,22 +149,13 @@ class MemoryDetector(nn.Module):
 
     def facts(self) -> dict[str, Any]:
         """What the detector is and what its memory holds (for ``metrics.json`` and model files)."""
-        facts: dict[str, Any] = {
-            "backbone": self.extractor.name,
-            "layers": list(self.extractor.layers),
-            "weights": str(self.extractor.weight_source),
-            "random_weights": self.extractor.weight_source.is_random,
-            "grid": list(self.grid),
-            "k": self.k,
-        }
+        source = self.extractor.weight_source
+        facts: dict[str, Any] = {"backbone": self.extractor.name, "layers": list(self.extractor.layers),
+                                 "weights": str(source), "random_weights": source.is_random, "grid": list(self.grid),
+                                 "k": self.k}
         if self.fitted:
-            named = list(zip(self.stream_names, self.memories))
-            facts["k_effective"] = self.effective_k()
-            facts["memory_vectors"] = self.memory_vectors()
-            facts["memory_bytes"] = self.memory_bytes()
-            facts["memory_sizes"] = {n: m.sizes() for n, m in named}
-            facts["enlarged_regions"] = {n: int(m.enlarged.sum()) for n, m in named}
-            facts["d_max"] = {n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in named}
+            facts.update(k_effective=self.effective_k(), memory_vectors=self.memory_vectors(),
+                         memory_bytes=self.memory_bytes(), **memory_facts(self.stream_names, self.memories))
         if self.last_build is not None and self.last_build.alignment:
             facts["alignment"] = dict(self.last_build.alignment)
         if self.aligner is not None:
@@ -227,8 +214,8 @@ class MemoryDetector(nn.Module):
         if not self.training_alignment.empty:
             report.alignment = self.training_alignment.finish(self.grid, self.strategy.mean_thumbnail)
         self.last_build = report
-        self._search_key = None
-        self._warn_small_k()
+        self.search.invalidate()
+        self.scorer.check_k(self.effective_k(), self.k)
         return report
 
     @torch.no_grad()
@@ -254,48 +241,23 @@ class MemoryDetector(nn.Module):
             self.add_features(self.streams(layers))
         return self.build(progress)
 
-    def _warn_small_k(self) -> None:
-        """Say so when the image score cannot work as configured with the memory built."""
-        needed = int(getattr(self.scorer.image_score, "min_k", 1))
-        k_eff = self.effective_k()
-        if k_eff < needed:
-            warnings.warn(
-                f"image score {type(self.scorer.image_score).__name__} needs k >= {needed} neighbours but the effective "
-                f"k is {k_eff} (model.k={self.k}, smallest region memory {k_eff} vectors: too few training images or "
-                "a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
-                stacklevel=3,
-            )
-
     # ---------------------------------------------------------------- scoring
     def use_search(self, factory: Callable[[], KNNSearch]) -> None:
         """Serve later searches with fresh indexes from ``factory`` (e.g. :func:`fapm.builders.build_search`),
         fitted on the stored memory at the next call: one memory, compared under several indexes."""
-        self.search_factory = factory
-        self._search_key = None
+        self.search.use(factory)
 
     def search_limits(self) -> tuple[int, int]:
         """``(k, k_max)``: neighbours searched (``k`` capped by the smallest region memory) and the
         smallest region memory (PatchCore's support set); fits the searches if the memory changed."""
         if not self.fitted:
             raise NotFittedError("the memory is empty: fit the detector or load a model file first")
-        key = tuple((m.memory.data_ptr(), str(m.memory.device)) for m in self.memories) + (self.k,)
-        if key != self._search_key:
-            # every search is fitted on the memory as stored, whatever the neighbourhood
-            self._searches = []
-            for memory in self.memories:
-                search = self.search_factory()
-                search.fit(*memory.searchable())
-                self._searches.append(search)
-            # read once here: a host read per call would synchronise a GPU on every batch
-            self._k_eff = self.effective_k()
-            self._k_max = min(int(m.lengths.min()) for m in self.memories)
-            self._search_key = key
-        return self._k_eff, self._k_max
+        return self.search.ensure(self.memories, self.k)
 
     def searches(self) -> list[KNNSearch]:
         """The fitted per-stream searches (fitted now if the memory changed)."""
         self.search_limits()
-        return list(self._searches)
+        return list(self.search.searches)
 
     def neighbourhood_plan(self, radius: int | None = None) -> NeighbourhoodPlan | None:
         """The window tables of ``radius`` (default ``neighbourhood``) on the memory's device (None at 0)."""
@@ -310,7 +272,7 @@ class MemoryDetector(nn.Module):
         (scoring goes through :meth:`score_features`)."""
         k, _ = self.search_limits()
         memories = [m.searchable() for m in self.memories]
-        return self.scorer.search(streams, self._searches, memories, k, self.neighbourhood_plan(radius))
+        return self.scorer.search(streams, self.search.searches, memories, k, self.neighbourhood_plan(radius))
 
     def score_features(
         self, layers: Mapping[str, Tensor], size: tuple[int, int], radius: int | None = None,
@@ -325,36 +287,26 @@ class MemoryDetector(nn.Module):
             radius: neighbourhood radius searched (default ``model.neighbourhood``).
             inside: ``[B, 1, h, w]`` cells that count for the image score (default: all).
         """
-        return self._score_streams(self.streams(layers), size, radius, inside)
+        return self.score_streams(self.streams(layers), size, radius, inside)
 
-    def _score_streams(
-        self, streams: Sequence[Tensor], size: tuple[int, int], radius: int | None, inside: Tensor | None
+    def score_streams(
+        self, streams: Sequence[Tensor], size: tuple[int, int], radius: int | None = None,
+        inside: Tensor | None = None,
     ) -> AnomalyOutput:
+        """:meth:`score_features` on streams ``[B, C_s, H_s, W_s]`` (the layers already fused into streams)."""
         k, k_max = self.search_limits()
         memories = [m.searchable() for m in self.memories]
-        return self.scorer(streams, self._searches, memories, size, k, k_max, self.neighbourhood_plan(radius), inside)
+        return self.scorer(streams, self.search.searches, memories, size, k, k_max, self.neighbourhood_plan(radius),
+                           inside)
 
     def score_images(self, images: Tensor, radius: int | None = None, theta: Tensor | None = None) -> AnomalyOutput:
-        """Score ``images [B, 3, H, W]`` searching windows of ``radius``.
-
-        ``theta [B, 2, 3]``: the images are warped by it first (:mod:`fapm.models.alignment`);
-        positions whose features see beyond the input's frame (filled by the warp) are left out
-        of the image score. The map keeps them and is warped back to the input's frame.
-        """
+        """Score ``images [B, 3, H, W]`` searching windows of ``radius``; with ``theta [B, 2, 3]`` warped
+        first and their maps warped back (:func:`fapm.models.aligned.score_warped`)."""
         size = (int(images.shape[-2]), int(images.shape[-1]))
         if theta is None:
             return self.score_features(self.extractor(images), size, radius)
-        streams = self.extract(warp(images, theta.to(images)))
-        fine = (max(s.shape[-2] for s in streams), max(s.shape[-1] for s in streams))
-        # Only the image score drops the cells outside the frame: their edge-replicated content
-        # would otherwise decide the max. The map must not: the input's pixels that the warp moved
-        # out of the reference frame take their values from its edge on the way back, and zeros there
-        # (the earlier behaviour) hid defects near the border (demo, Lite0, 16 px + 10°: pixel
-        # AUROC 87.4 with zeros, 98.8 without; `benchmarks/misalignment.py`).
-        inside = inside_frame(theta.to(device=streams[0].device, dtype=torch.float32), size, fine)
-        out = self._score_streams(streams, size, radius, inside)
-        maps = warp(out.anomaly_maps.unsqueeze(1), invert_theta(theta.to(out.anomaly_maps))).squeeze(1)
-        return AnomalyOutput(out.image_scores, maps)
+        return score_warped(images, theta, self.extract, lambda streams, inside: self.score_streams(
+            streams, size, radius, inside))
 
     def forward(self, images: Tensor) -> AnomalyOutput:
         """Score ``images [B, 3, H, W]`` → image scores ``[B]`` and maps ``[B, H, W]`` (and, with

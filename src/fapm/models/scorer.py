@@ -17,6 +17,7 @@ neighbourhood tables are passed in, read once by the caller.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -77,6 +78,18 @@ class Scorer:
         self.neighbourhood = int(neighbourhood)
         self.neighbourhood_border = neighbourhood_border
         self._plans: dict[tuple, NeighbourhoodPlan] = {}
+
+    def check_k(self, k_effective: int, k: int) -> None:
+        """Warn when the image score cannot work as configured with ``k_effective`` neighbours
+        (the smallest region memory of the memory just built)."""
+        needed = int(getattr(self.image_score, "min_k", 1))
+        if k_effective < needed:
+            warnings.warn(
+                f"image score {type(self.image_score).__name__} needs k >= {needed} neighbours but the effective "
+                f"k is {k_effective} (model.k={k}, smallest region memory {k_effective} vectors: too few training "
+                "images or a tiny coreset); it falls back to the max score (model.image_score=max says so explicitly)",
+                stacklevel=4,
+            )
 
     def plan(self, radius: int | None, device: torch.device) -> NeighbourhoodPlan | None:
         """The window tables of ``radius`` (default ``neighbourhood``) on ``device``; None at radius 0."""
