@@ -351,9 +351,7 @@ def cmd_micro(args: argparse.Namespace) -> None:
             row["ivf_recall_at_1"] = float((found["faiss_ivf"] == found["torch"]).float().mean())
             ivf = search
             for nprobe in [int(x) for x in args.nprobe_sweep.split(",") if x]:
-                ivf.nprobe = nprobe
-                for index in ivf._indexes:
-                    ivf._set_search_parameters(index)
+                ivf.set_nprobe(nprobe)
                 ms = 1000 * time_search(ivf, queries, 1, 1)
                 recall = float((ivf.search(queries, 1)[1] == found["torch"]).float().mean())
                 row.setdefault("nprobe_sweep", []).append({"nprobe": nprobe, "ms": ms, "recall_at_1": recall})

@@ -273,3 +273,25 @@ def test_image_score_end_to_end(tmp_path, images, score) -> None:
         expected = (1 - torch.softmax(neighbours, dim=1).amax(dim=1)) * s_star
         assert bool((expected < s_star).all()) and bool((expected > 0).all())
     torch.testing.assert_close(out.image_scores.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_public_stages_equal_the_image_path(tmp_path, images) -> None:
+    """fit_features on extracted layers builds the memory collect/build builds from the images, and
+    score_features on the test layers gives forward's output (the stages benchmarks and exports use)."""
+    from fapm.models.detector import layer_batches
+
+    reference = fit(build("fapm", tmp_path), images)
+    det = build("fapm", tmp_path)
+    with torch.no_grad():
+        layers = det.extractor(images)
+        report = det.fit_features(layer_batches(layers, 3), expected_images=len(images))
+    assert report.sizes == reference.last_build.sizes
+    for a, b in zip(det.memories, reference.memories):
+        assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
+    test = images[:3] + 0.3
+    with torch.no_grad():
+        out = det.score_features(det.extractor(test), tuple(test.shape[-2:]))
+        expected = reference(test)
+    assert torch.equal(out.image_scores, expected.image_scores)
+    assert torch.equal(out.anomaly_maps, expected.anomaly_maps)
+    assert out.patch_scores.shape[0] == 3 and torch.equal(out.image_scores, out.patch_scores.flatten(1).amax(1))

@@ -148,7 +148,7 @@ def _export_int8(model: LoadedModel, path: Path, info: DeployInfo, calibration_i
     built = build_int8(model.detector.cpu().eval(), train, info, path, calibration_images=calibration_images, seed=seed)
     if datamodule.val_records:  # thresholds of the INT8 scores, from the same held-out normal images
         scorer = make_scorer("openvino", path=path, info=built.info)
-        held = torch.stack(rgb(datamodule._dataset(datamodule.val_records)))
+        held = torch.stack(rgb(datamodule.val_dataset()))
         out = scorer.score_rgb(held)
         q = model.thresholds
         decided = normal_thresholds(out.image_scores, out.anomaly_maps, q.image_q or 0.995, q.pixel_q or 0.995)
