@@ -180,12 +180,9 @@ def test_joblib_jobs_share_the_cores_instead_of_each_taking_all(tmp_path: Path) 
 
 
 def _hydra_config(*overrides: str) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from fapm.conf import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+    return compose(overrides, return_hydra_config=True)
 
 
 @pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema:UserWarning")
