@@ -3,13 +3,13 @@ and adaptive-rule choices, and the layer-wise vs concatenated distance relation,
 of extracted features per backbone.
 
     # the real-data accuracy table (docs/accuracy.md): 2 backbones x 5 models, 200 images
-    python benchmarks/ablation_real.py --data mtd --max-train 200 \
+    python -m benchmarks.ablation_real --data mtd --max-train 200 \
         --backbones efficientnet_lite0,vgg16_bn_craft --out benchmarks/results/accuracy_mtd_200.json
     # image score softmax / max / patchcore for FAPM and PatchCore, on the demo
-    python benchmarks/ablation_real.py --data demo --category bracket --backbones efficientnet_lite0 \
+    python -m benchmarks.ablation_real --data demo --category bracket --backbones efficientnet_lite0 \
         --variants "A PatchCore,E FAPM" --scores softmax,max,patchcore --skip-adaptive
     # normalisation / layer choice: extra backbone overrides ("name=override;override")
-    python benchmarks/ablation_real.py --data mtd --backbones efficientnet_lite0 \
+    python -m benchmarks.ablation_real --data mtd --backbones efficientnet_lite0 \
         --backbone-variant "tf_norm=backbone.mean=[0.5,0.5,0.5];backbone.std=[0.502,0.502,0.502]"
 
 Every variant is composed from the real configs with ``experiment=ablation`` (same map and image
@@ -32,18 +32,16 @@ import time
 import warnings
 from pathlib import Path
 
-from fapm.conf import CONFIG_DIR
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from real_data import shared_paths, subset_root  # benchmarks/real_data.py
-
+from benchmarks.real_data import shared_paths, subset_root
 from fapm.builders import build_extractor, build_memory_detector, build_search
+from fapm.conf import compose
 from fapm.data import MVTecDataModule
 from fapm.metrics import AnomalyMetrics, names
+from fapm.models.detector import layer_batches
 from fapm.pipeline.common import validated_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +63,7 @@ ADAPTIVE = {
 
 
 def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp", "experiment=ablation", *overrides])
+    return compose(["paths.output_dir=/tmp", "experiment=ablation", *overrides])
 
 
 def settings_for(overrides: list[str]):
@@ -110,14 +106,11 @@ def load_features(base, root: Path, category: str, tag: str) -> tuple[Any, dict,
 
 
 def build_on_features(settings, extractor, train_feats: dict[str, torch.Tensor]) -> tuple[Any, float]:
-    """The memory detector of ``settings`` built from already extracted training features, and
-    the build's seconds."""
+    """The memory detector of ``settings`` built from already extracted training features (its
+    public fit stage), and the build's seconds (collection included)."""
     det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
-    n = len(next(iter(train_feats.values())))
-    for lo in range(0, n, 16):
-        det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train_feats.items()}))
     start = time.perf_counter()
-    det.build()
+    det.fit_features(layer_batches(train_feats, 16), expected_images=len(next(iter(train_feats.values()))))
     return det, time.perf_counter() - start
 
 
@@ -177,7 +170,8 @@ def evaluate_variant(overrides: list[str], extractor, train_feats, test_feats, t
 @torch.inference_mode()
 def score_test_set(det, settings, test_feats, test_info, size, scores) -> tuple[dict[str | None, dict[str, Any]], list[torch.Tensor]]:
     """Score the test set with ``det`` for each image score in ``scores``; also returns the
-    nearest fused distance of every test position (``[B, H, W]`` per batch)."""
+    nearest fused distance of every test position (``[B, H, W]`` per batch). ``head ms/img``:
+    search, fusion, map and image score on the extracted features."""
     from fapm.models.scoring import make_image_score
 
     kinds = [settings.model.image_score if s is None else s for s in scores]
@@ -185,25 +179,21 @@ def score_test_set(det, settings, test_feats, test_info, size, scores) -> tuple[
     metrics = [AnomalyMetrics() for _ in kinds]
     m = len(test_info["label"])
     nearest: list[torch.Tensor] = []
-    search_s = score_s = 0.0
+    head_s = 0.0
     for lo in range(0, m, 8):
         part = {k: v[lo : lo + 8] for k, v in test_feats.items()}
-        t = time.perf_counter()
-        results = det.nearest(det.streams(part))
-        search_s += time.perf_counter() - t
-        fused = det.fuse(results, len(part[next(iter(part))]))
-        nearest.append(fused[:, 0].clone())
-        maps = det.to_map(fused, size)
+        labels, types = test_info["label"][lo : lo + 8], test_info["defect_type"][lo : lo + 8]
         for i, (strategy, metric) in enumerate(zip(strategies, metrics)):
-            det.image_score = strategy
-            image_scores = det.score(fused, results)
+            det.scorer.image_score = strategy
+            t = time.perf_counter()
+            out = det.score_features(part, size)  # the public scoring stage: search, fusion, map, score
             if i == 0:
-                score_s += time.perf_counter() - t
-            labels, types = test_info["label"][lo : lo + 8], test_info["defect_type"][lo : lo + 8]
-            if i == 0:  # the maps do not depend on the image score: pixel metrics once
-                metric.update(image_scores, labels, maps, test_info["mask"][lo : lo + 8], types)
+                head_s += time.perf_counter() - t
+                nearest.append(out.patch_scores.clone())
+                # the maps do not depend on the image score: pixel metrics once
+                metric.update(out.image_scores, labels, out.anomaly_maps, test_info["mask"][lo : lo + 8], types)
             else:
-                metric.update(image_scores, labels, defect_types=types)
+                metric.update(out.image_scores, labels, defect_types=types)
     out: dict[str | None, dict[str, Any]] = {}
     pixel = None
     for score, kind, metric in zip(scores, kinds, metrics):
@@ -214,8 +204,8 @@ def score_test_set(det, settings, test_feats, test_info, size, scores) -> tuple[
         out[score] = {
             names.IMAGE_AUROC: res[names.IMAGE_AUROC], names.IMAGE_F1_MAX: res[names.IMAGE_F1_MAX], **pixel,
             "image_auroc_per_type": per_type, "memory_vectors": det.memory_vectors(), "image_score": kind,
-            "search_ms_per_image": 1000 * search_s / m,
-            "img_per_s": m / (test_info["seconds"] + score_s),
+            "head_ms_per_image": 1000 * head_s / m,
+            "img_per_s": m / (test_info["seconds"] + head_s),
             "enlarged": {s: int(mem.enlarged.sum()) for s, mem in zip(det.stream_names, det.memories)},
             "regions": {s: mem.num_regions for s, mem in zip(det.stream_names, det.memories)},
             "d_max_range": {s: [round(float(mem.d_max.min()), 4), round(float(mem.d_max.max()), 4)]
@@ -267,7 +257,7 @@ def fmt(value: float) -> str:
 def table(rows: dict[str, dict[str, Any]], title: str) -> str:
     types = sorted({t for r in rows.values() for t in r.get("image_auroc_per_type", {})})
     lines = [f"**{title}**", "", "| variant | image AUROC | pixel AUROC | AUPRO | image F1-max | pixel F1-max | "
-             + "".join(f"{t} | " for t in types) + "memory vectors | enlarged regions | fit s | img/s | search ms/img | top-1 equal |",
+             + "".join(f"{t} | " for t in types) + "memory vectors | enlarged regions | fit s | img/s | head ms/img | top-1 equal |",
              "|---|" + "---:|" * (5 + len(types)) + "---:|---|---:|---:|---:|---:|"]
     for name, r in rows.items():
         enl = ", ".join(f"{k} {v}/{r['regions'][k]}" for k, v in r["enlarged"].items())
@@ -275,7 +265,7 @@ def table(rows: dict[str, dict[str, Any]], title: str) -> str:
         lines.append(f"| {name} | {fmt(r[names.IMAGE_AUROC])} | {fmt(r[names.PIXEL_AUROC])} | "
                      f"{fmt(r[names.PIXEL_AUPRO])} | {fmt(r[names.IMAGE_F1_MAX])} | {fmt(r[names.PIXEL_F1_MAX])} | "
                      f"{per}{r['memory_vectors']:,} | {enl} | {r['fit_s']:.1f} | {r['img_per_s']:.1f} | "
-                     f"{r['search_ms_per_image']:.1f} | {fmt(r['top1_equal']) if 'top1_equal' in r else ''} |")
+                     f"{r['head_ms_per_image']:.1f} | {fmt(r['top1_equal']) if 'top1_equal' in r else ''} |")
     lines.append("")
     lines.append("Per-type columns: image AUROC of that defect type against the good test images.")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """anomalib's PatchCore exported to OpenVINO and timed on a CPU (run in an environment with anomalib).
 
-    /work/venv-anomalib/bin/python benchmarks/anomalib_openvino.py --data-root data/speed_demo_200 \\
+    /path/to/anomalib-venv/bin/python -m benchmarks.anomalib_openvino --data-root data/speed_demo_200 \\
         --category bracket --train-images 200 --test-images 60 --out /tmp/anomalib_ov.json
 
 Called by ``benchmarks/speed.py --deploy --anomalib-python ...`` for its comparison row; it

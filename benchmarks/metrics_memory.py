@@ -4,7 +4,7 @@ Default: 500 maps of 224x224 (25 M pixels) in batches of 32, half of the images 
 rectangular defects. Scores are uniform float32 noise plus a bump on the defects: almost
 every pixel has a distinct score, the worst case for the exact sweep.
 
-    python benchmarks/metrics_memory.py [--images 500] [--size 224] [--batch 32]
+    python -m benchmarks.metrics_memory [--images 500] [--size 224] [--batch 32]
 
 Linux only (reads VmRSS/VmHWM from /proc/self/status).
 """

@@ -1,6 +1,6 @@
 """Misaligned parts: how far FAPM's per-region assumption breaks, and what holds it.
 
-    python benchmarks/misalignment.py [--root DIR --category NAME] [--backbone efficientnet_lite0] [--pretrained false]
+    python -m benchmarks.misalignment [--root DIR --category NAME] [--backbone efficientnet_lite0] [--pretrained false]
         [--max-train N] [--max-test N] [--conditions aligned,shift16,...] [--tag NAME] [--out DIR]
 
 Takes an aligned category (default: the generated demo's ``bracket`` object; any MVTec-layout
@@ -39,6 +39,7 @@ import os
 import platform
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,10 +47,11 @@ import numpy as np
 import torch
 
 from fapm.builders import build_extractor, build_memory_detector
-from fapm.conf import CONFIG_DIR
+from fapm.conf import compose
 from fapm.data import MVTecDataModule
 from fapm.metrics import AnomalyMetrics
 from fapm.metrics import names
+from fapm.models.aligned import inside_frame
 from fapm.models.alignment import decide, invert_theta, similarity_theta, warp
 from fapm.settings import parse_run
 
@@ -72,14 +74,9 @@ ALIGNED = {"E +translation": "translation", "E +similarity": "similarity", "E +a
 
 
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=/tmp", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(compose(["paths.output_dir=/tmp", *overrides]), resolve=True)  # type: ignore[return-value]
 
 
 def moved(images: torch.Tensor, masks: torch.Tensor, condition: tuple[float, float, float], seed: int,
@@ -110,24 +107,23 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def border_bias(det: Any, streams: list[torch.Tensor], radius: int, border: str) -> float:
-    """Mean fused nearest distance in border regions / in interior regions (normal images)."""
-    det.neighbourhood_border = border
-    fused = det.fuse(det.nearest(streams, radius=radius), streams[0].shape[0])[:, 0]  # [B, H, W]
+def border_bias(det: Any, feats: dict[str, torch.Tensor], radius: int, border: str) -> float:
+    """Mean fused nearest distance in border regions / in interior regions (normal images' layers ``feats``)."""
+    det.scorer.neighbourhood_border = border
+    size = (1, 1)  # the map is not used: only the patch scores
+    fused = det.score_features(feats, size, radius).patch_scores  # [B, H, W]
     gh, gw = det.grid
     b, h, w = fused.shape
     regions = fused.view(b, gh, h // gh, gw, w // gw).mean(dim=(0, 2, 4))  # [gh, gw]
     edge = torch.zeros(gh, gw, dtype=torch.bool)
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
-    det.neighbourhood_border = "clip"
+    det.scorer.neighbourhood_border = "clip"
     return float(regions[edge].mean() / regions[~edge].mean())
 
 
 def alignment_overhead_ms(aligner: Any, images: torch.Tensor, grid: tuple[int, int], repeats: int = 5) -> float:
     """Median ms per image of what alignment adds to a pass: registration, the image's warp, the
     in-frame mask and the map's warp back (the search itself is plain FAPM's)."""
-    from fapm.models.detector import MemoryDetector
-
     size = (int(images.shape[-2]), int(images.shape[-1]))
     maps = torch.rand(images.shape[0], *size)
     times = []
@@ -136,7 +132,7 @@ def alignment_overhead_ms(aligner: Any, images: torch.Tensor, grid: tuple[int, i
             start = time.perf_counter()
             est = aligner.estimate(images)
             warp(images, est.theta)
-            MemoryDetector._inside_frame(est.theta, size, grid)
+            inside_frame(est.theta, size, grid)
             warp(maps.unsqueeze(1), invert_theta(est.theta))
             times.append(time.perf_counter() - start)
     return round(1000 * float(np.median(times)) / images.shape[0], 2)
@@ -177,7 +173,7 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: Path, title: s
     img.save(path)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="MVTec-layout root (default: the generated demo)")
     parser.add_argument("--category", default="bracket")
@@ -193,18 +189,35 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--overhead-only", action="store_true",
                         help="only time what alignment adds per image (reference: mean training thumbnail)")
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    conditions = [c for c in args.conditions.split(",") if c]
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [c for c in conditions if c not in CONDITIONS] + [m for m in methods if m not in PLAIN and m not in ALIGNED]
+    args = parser.parse_args(argv)
+    args.condition_list = [c for c in args.conditions.split(",") if c]
+    args.method_list = [m for m in args.methods.split(",") if m]
+    unknown = [c for c in args.condition_list if c not in CONDITIONS] + [
+        m for m in args.method_list if m not in PLAIN and m not in ALIGNED]
     if unknown:
-        raise SystemExit(f"unknown conditions/methods {unknown}; conditions {list(CONDITIONS)}, methods {[*PLAIN, *ALIGNED]}")
+        parser.error(f"unknown conditions/methods {unknown}; conditions {list(CONDITIONS)}, methods {[*PLAIN, *ALIGNED]}")
+    return args
 
-    # ---- data (the package's data module; the demo is generated once)
+
+@dataclass
+class TestSet:
+    """The category's data: validated run settings, the training dataset and the chosen test images."""
+
+    run: Any
+    root: Path
+    train_ds: Any
+    train_idx: np.ndarray
+    images: torch.Tensor  # [N, 3, S, S] resized, not cropped (moved first, then cropped)
+    masks: torch.Tensor  # [N, S, S]
+    labels: torch.Tensor  # [N]
+    types: list[str]
+    crop: int
+
+
+def load_data(args: argparse.Namespace) -> TestSet:
+    """The package's data module on ``--root`` (the demo is generated once) and the seeded subsets."""
     root = Path(args.root) if args.root else ROOT / "data" / "misalignment_demo"
-    backbone_overrides = [f"backbone={args.backbone}", f"backbone.pretrained={args.pretrained}"]
-    cfg = compose_cfg([*backbone_overrides, "model=fapm", f"data.root={root}", f"data.category={args.category}",
+    cfg = compose_cfg([*backbone_overrides(args), "model=fapm", f"data.root={root}", f"data.category={args.category}",
                        f"data.generate_demo={'false' if args.root else 'true'}", "data.normal_holdout=0.0"])
     run = parse_run(cfg)
     values = {k: v for k, v in run.data.to_dict().items() if k != "type"}
@@ -216,160 +229,197 @@ def main() -> None:
     uncropped = MVTecDataModule(**{**values, "crop_size": None})
     uncropped.setup("fit")
     train_ds, test_ds = data.train_dataset(), uncropped.test_dataset()
-    crop = run.data.crop_size or run.data.image_size
     rng = np.random.default_rng(args.seed)
     train_idx = np.arange(len(train_ds)) if args.max_train is None else np.sort(rng.permutation(len(train_ds))[: args.max_train])
     test_idx = np.arange(len(test_ds)) if args.max_test is None else np.sort(rng.permutation(len(test_ds))[: args.max_test])
     test = [test_ds[int(i)] for i in test_idx]
-    test_images = torch.stack([t["image"] for t in test])
-    test_masks = torch.stack([t["mask"][0] for t in test]).float()
-    test_labels = torch.tensor([int(t["label"]) for t in test])
-    test_types = [t["defect_type"] for t in test]
+    return TestSet(
+        run, root, train_ds, train_idx, torch.stack([t["image"] for t in test]),
+        torch.stack([t["mask"][0] for t in test]).float(), torch.tensor([int(t["label"]) for t in test]),
+        [t["defect_type"] for t in test], run.data.crop_size or run.data.image_size,
+    )
 
-    if args.overhead_only:
-        from fapm.models.alignment import Aligner, grey_thumbnails
 
-        train = torch.stack([train_ds[int(i)]["image"] for i in train_idx[:32]])
-        images = moved(test_images[: args.batch], test_masks[: args.batch], CONDITIONS["shift16+rot10"], args.seed, 0,
-                       crop)[0]
-        grid = tuple(run.model.grid)
-        out = {}
-        for mode in ("translation", "similarity"):
-            aligner = Aligner(mode, run.model.align_resolution)
-            aligner.reference.copy_(grey_thumbnails(train, aligner.resolution).mean(0))
-            out[mode] = alignment_overhead_ms(aligner, images, grid)
-        print(json.dumps({"alignment_overhead_ms_per_image": out, "batch": args.batch, "load_avg": os.getloadavg()}))
-        return
+def backbone_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"backbone={args.backbone}", f"backbone.pretrained={args.pretrained}"]
 
-    # ---- fit A and E once, on one backbone
+
+def overhead_only(args: argparse.Namespace, data: TestSet) -> None:
+    """Print what alignment adds per image, with the mean training thumbnail as reference."""
+    from fapm.models.alignment import Aligner, grey_thumbnails
+
+    train = torch.stack([data.train_ds[int(i)]["image"] for i in data.train_idx[:32]])
+    images = moved(data.images[: args.batch], data.masks[: args.batch], CONDITIONS["shift16+rot10"], args.seed, 0,
+                   data.crop)[0]
+    out = {}
+    for mode in ("translation", "similarity"):
+        aligner = Aligner(mode, data.run.model.align_resolution)
+        aligner.reference.copy_(grey_thumbnails(train, aligner.resolution).mean(0))
+        out[mode] = alignment_overhead_ms(aligner, images, tuple(data.run.model.grid))
+    print(json.dumps({"alignment_overhead_ms_per_image": out, "batch": args.batch, "load_avg": os.getloadavg()}))
+
+
+@dataclass
+class Fitted:
+    """A (PatchCore) and E (FAPM) fitted once on one backbone, and one FAPM per alignment option."""
+
+    extractor: Any
+    fapm: Any
+    pc: Any
+    aligned: dict[str, Any]
+    summary: dict[str, Any]  # the fit-time alignment summary of the training images
+    auto: tuple[str, int, str]  # what align: auto chose: (choice, radius, reason)
+
+
+def fit_detectors(args: argparse.Namespace, data: TestSet) -> Fitted:
+    """Fit every detector through the package's stages (``collect``/``build`` for the images, with the
+    alignment probe; :meth:`fit_features` for PatchCore on the same extracted features)."""
+    run = data.run
     extractor = build_extractor(run.backbone).eval()
-    pc_run = parse_run(compose_cfg([*backbone_overrides, "model=patchcore", f"data.root={root}"]))
+    pc_run = parse_run(compose_cfg([*backbone_overrides(args), "model=patchcore", f"data.root={data.root}"]))
     fapm = build_memory_detector(run.model, run.backbone, seed=args.seed, extractor=extractor).eval()
     pc = build_memory_detector(pc_run.model, run.backbone, seed=args.seed, extractor=extractor).eval()
     # one FAPM per alignment option: each builds its memory from training images aligned its way
+    methods = args.method_list
     modes = sorted({ALIGNED[m] for m in methods if m in ALIGNED} - {"auto"} | ({"translation", "similarity"}
                                                                                if "E +auto" in methods else set()))
     aligned_dets = {mode: build_memory_detector(run.model.replace(align=mode), run.backbone, seed=args.seed,
                                                 extractor=extractor).eval() for mode in modes}
     fit_s = 0.0
+    pc_features: list[dict[str, torch.Tensor]] = []
     with torch.inference_mode():
-        for det in (fapm, pc, *aligned_dets.values()):
+        for det in (fapm, *aligned_dets.values()):
             det.reset_fit()
-        for lo in range(0, len(train_idx), args.batch):
-            batch = torch.stack([train_ds[int(i)]["image"] for i in train_idx[lo : lo + args.batch]])
+        for lo in range(0, len(data.train_idx), args.batch):
+            batch = torch.stack([data.train_ds[int(i)]["image"] for i in data.train_idx[lo : lo + args.batch]])
             feats, s = timed(lambda: extractor(batch))
             fit_s += s
-            pc.add_features(pc.streams(feats))
+            pc_features.append(feats)
             fapm.collect(batch)  # the package's fit stage (features + the alignment probe)
             for det in aligned_dets.values():
                 det.collect(batch)
-        (report_e, build_e), (report_a, build_a) = timed(fapm.build), timed(pc.build)
+        (report_e, build_e), (_, build_a) = timed(fapm.build), timed(lambda: pc.fit_features(pc_features))
         for det in aligned_dets.values():
             det.build()
     summary = dict(report_e.alignment)
-    size = (crop, crop)
-    region_px = min(size[0] / fapm.grid[0], size[1] / fapm.grid[1])
-    threshold = run.model.align_min_confidence
-    auto_choice, auto_radius, auto_reason = decide(summary, "auto", threshold, region_px)
-    print(f"fit: {len(train_idx)} images, extraction {fit_s:.1f}s, build E {build_e:.1f}s A {build_a:.1f}s")
+    region_px = min(data.crop / fapm.grid[0], data.crop / fapm.grid[1])
+    auto = decide(summary, "auto", run.model.align_min_confidence, region_px)
+    print(f"fit: {len(data.train_idx)} images, extraction {fit_s:.1f}s, build E {build_e:.1f}s A {build_a:.1f}s")
     print(f"training-image alignment: {summary}")
-    print(f"align: auto -> {auto_choice} (radius {auto_radius}): {auto_reason}")
+    print(f"align: auto -> {auto[0]} (radius {auto[1]}): {auto[2]}")
     for mode, det in aligned_dets.items():
-        print(f"  {mode}: training images aligned/kept {det.train_alignment}")
+        print(f"  {mode}: training images aligned/kept {det.training_alignment.counts}")
+    return Fitted(extractor, fapm, pc, aligned_dets, summary, auto)
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
+
+def score_method(m: str, fitted: Fitted, images: torch.Tensor, feats: dict[str, torch.Tensor],
+                 extract_s: float) -> tuple[Any, float]:
+    """One method's output on a batch of moved ``images`` (``feats``: their extracted layers) and its
+    head seconds (for the alignment methods: the whole pass minus the backbone's ``extract_s``)."""
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if m in PLAIN:
+        which, radius, border = PLAIN[m]
+        det = fitted.fapm if which == "fapm" else fitted.pc
+        det.scorer.neighbourhood_border = border
+        out, s = timed(lambda: det.score_features(feats, size, radius))
+        det.scorer.neighbourhood_border = "clip"
+        return out, s
+    mode = ALIGNED[m]
+    choice = fitted.auto[0] if mode == "auto" else mode
+    if choice == "neighbourhood":  # auto on a category without a layout
+        out, s = timed(lambda: fitted.fapm.score_images(images, fitted.auto[1]))
+        return out, max(0.0, s - extract_s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fallbacks are counted from the output
+        out, s = timed(lambda: fitted.aligned[choice](images))
+    # the pass re-extracts the (warped) images: the backbone's time on this batch is not the head's
+    return out, max(0.0, s - extract_s)
+
+
+def score_condition(args: argparse.Namespace, data: TestSet, fitted: Fitted, cname: str) -> dict[str, dict[str, float]]:
+    """Every method's metrics (and alignment counts) on the test set moved by condition ``cname``."""
+    cond = CONDITIONS[cname]
+    methods = args.method_list
+    per: dict[str, AnomalyMetrics] = {m: AnomalyMetrics() for m in methods}
+    head_s = {m: 0.0 for m in methods}
+    extract_s = 0.0
+    counts = {m: [0, 0] for m in ALIGNED}
+    n = len(data.labels)
+    with torch.inference_mode():
+        for lo in range(0, n, args.batch):
+            hi = min(n, lo + args.batch)
+            images, masks = moved(data.images[lo:hi], data.masks[lo:hi], cond, args.seed, lo, data.crop)
+            labels, types = data.labels[lo:hi], data.types[lo:hi]
+            feats, extract_batch = timed(lambda: fitted.extractor(images))
+            extract_s += extract_batch
+            for m in methods:
+                out, s = score_method(m, fitted, images, feats, extract_batch)
+                head_s[m] += s
+                if m in counts:
+                    warped = 0 if out.aligned is None else int(out.aligned.sum())
+                    counts[m][0] += warped
+                    counts[m][1] += images.shape[0] - warped
+                per[m].update(out.image_scores, labels, out.anomaly_maps, masks.bool(), types)
+    rows = {}
+    for m in methods:
+        res = per[m].compute()
+        row = {
+            "image_auroc": round(100 * res[names.IMAGE_AUROC], 2),
+            "pixel_auroc": round(100 * res[names.PIXEL_AUROC], 2),
+            "aupro": round(100 * res[names.PIXEL_AUPRO], 2),
+            "head_ms_per_image": round(1000 * head_s[m] / n, 2),
+        }
+        if m in counts:
+            row["aligned"], row["fallback"] = counts[m]
+        rows[m] = row
+    print(f"[{cname}] backbone {1000 * extract_s / n:.1f} ms/img")
+    for m in methods:
+        print(f"  {m:16s} {rows[m]}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    data = load_data(args)
+    if args.overhead_only:
+        overhead_only(args, data)
+        return
+    fitted = fit_detectors(args, data)
+    results = {cname: score_condition(args, data, fitted, cname) for cname in args.condition_list}
     bias: dict[str, float] = {}
-    for cname in conditions:
-        cond = CONDITIONS[cname]
-        per: dict[str, AnomalyMetrics] = {m: AnomalyMetrics() for m in methods}
-        head_s = {m: 0.0 for m in methods}
-        extract_s = 0.0
-        counts = {m: [0, 0] for m in ALIGNED}
+    if "aligned" in args.condition_list:
+        normal = data.labels == 0
+        images = moved(data.images[normal][:16], data.masks[normal][:16], CONDITIONS["aligned"], args.seed, 0,
+                       data.crop)[0]
         with torch.inference_mode():
-            for lo in range(0, len(test), args.batch):
-                hi = min(len(test), lo + args.batch)
-                images, masks = moved(test_images[lo:hi], test_masks[lo:hi], cond, args.seed, lo, crop)
-                labels, types = test_labels[lo:hi], test_types[lo:hi]
-                feats, extract_batch = timed(lambda: extractor(images))
-                extract_s += extract_batch
-                streams = {"fapm": fapm.streams(feats), "pc": pc.streams(feats)}
-                for m in methods:
-                    if m in PLAIN:
-                        which, radius, border = PLAIN[m]
-                        det = fapm if which == "fapm" else pc
-                        det.neighbourhood_border = border
+            feats = fitted.extractor(images)
+            for radius, border in ((0, "clip"), (1, "clip"), (1, "shift"), (2, "clip"), (2, "shift")):
+                bias[f"r{radius} {border}"] = round(border_bias(fitted.fapm, feats, radius, border), 4)
+    shifted = moved(data.images[: args.batch], data.masks[: args.batch], CONDITIONS["shift16+rot10"], args.seed, 0,
+                    data.crop)[0]
+    overhead = {mode: alignment_overhead_ms(det.aligner, shifted, fitted.fapm.grid)
+                for mode, det in fitted.aligned.items()}
+    write_report(args, data, fitted, results, bias, overhead)
 
-                        def head(det=det, st=streams[which], radius=radius):
-                            results_ = det.nearest(st, radius=radius)
-                            fused = det.fuse(results_, images.shape[0])
-                            return det.score(fused, results_, radius), det.to_map(fused, size)
 
-                        (scores, maps), s = timed(head)
-                        fapm.neighbourhood_border = "clip"
-                    else:
-                        mode = ALIGNED[m]
-                        choice = auto_choice if mode == "auto" else mode
-                        if choice == "neighbourhood":  # auto on a category without a layout
-                            det = fapm
-
-                            def run_nbhd(radius=auto_radius):
-                                return fapm.score_images(images, radius)
-
-                            out, s = timed(run_nbhd)
-                            s = max(0.0, s - extract_batch)
-                            head_s[m] += s
-                            per[m].update(out.image_scores, labels, out.anomaly_maps, masks.bool(), types)
-                            counts[m][1] += images.shape[0]
-                            continue
-                        det = aligned_dets[choice]
-                        before = dict(det.aligner.counts)
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")  # fallbacks are counted below
-                            out, s = timed(lambda: det(images))
-                        counts[m][0] += det.aligner.counts["aligned"] - before["aligned"]
-                        counts[m][1] += det.aligner.counts["fallback"] - before["fallback"]
-                        scores, maps = out.image_scores, out.anomaly_maps
-                        # the pass re-extracts the (warped) images: the backbone's time on this batch is not the head's
-                        s = max(0.0, s - extract_batch)
-                    head_s[m] += s
-                    per[m].update(scores, labels, maps, masks.bool(), types)
-            if cname == "aligned":
-                normal = moved(test_images[test_labels == 0][:16], test_masks[test_labels == 0][:16], cond, args.seed,
-                               0, crop)[0]
-                st = fapm.streams(extractor(normal))
-                for radius, border in ((0, "clip"), (1, "clip"), (1, "shift"), (2, "clip"), (2, "shift")):
-                    bias[f"r{radius} {border}"] = round(border_bias(fapm, st, radius, border), 4)
-        results[cname] = {}
-        for m in methods:
-            res = per[m].compute()
-            row = {
-                "image_auroc": round(100 * res[names.IMAGE_AUROC], 2),
-                "pixel_auroc": round(100 * res[names.PIXEL_AUROC], 2),
-                "aupro": round(100 * res[names.PIXEL_AUPRO], 2),
-                "head_ms_per_image": round(1000 * head_s[m] / len(test), 2),
-            }
-            if m in counts:
-                row["aligned"], row["fallback"] = counts[m]
-            results[cname][m] = row
-        print(f"[{cname}] backbone {1000 * extract_s / len(test):.1f} ms/img")
-        for m in methods:
-            print(f"  {m:16s} {results[cname][m]}")
-
-    overhead = {mode: alignment_overhead_ms(det.aligner, moved(test_images[: args.batch], test_masks[: args.batch],
-                                                                 CONDITIONS["shift16+rot10"], args.seed, 0, crop)[0],
-                                            fapm.grid) for mode, det in aligned_dets.items()}
+def write_report(args: argparse.Namespace, data: TestSet, fitted: Fitted, results: dict[str, Any],
+                 bias: dict[str, float], overhead: dict[str, float]) -> None:
+    """``misalignment_<tag>.json`` / ``.md`` / ``.png`` under ``--out``."""
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = data.run
     report = {
-        "command": "python benchmarks/misalignment.py " + " ".join(os.sys.argv[1:]),
+        "command": "python -m benchmarks.misalignment " + " ".join(os.sys.argv[1:]),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "platform": platform.platform(), "load_avg": os.getloadavg()},
-        "data": {"root": str(root), "category": args.category, "train_images": int(len(train_idx)),
-                 "test_images": len(test), "defective": int(test_labels.sum()), "side": list(size)},
+        "data": {"root": str(data.root), "category": args.category, "train_images": int(len(data.train_idx)),
+                 "test_images": len(data.labels), "defective": int(data.labels.sum()), "side": [data.crop, data.crop]},
         "backbone": {"name": run.backbone.name, "layers": list(run.backbone.layers),
-                     "weights": str(extractor.weight_source)},
-        "conditions": {c: dict(zip(("shift_px", "rotation_deg", "scale"), CONDITIONS[c])) for c in conditions},
-        "training_alignment": summary, "auto": {"choice": auto_choice, "radius": auto_radius, "reason": auto_reason},
+                     "weights": str(fitted.extractor.weight_source)},
+        "conditions": {c: dict(zip(("shift_px", "rotation_deg", "scale"), CONDITIONS[c])) for c in args.condition_list},
+        "training_alignment": fitted.summary,
+        "auto": {"choice": fitted.auto[0], "radius": fitted.auto[1], "reason": fitted.auto[2]},
         "border_bias": bias, "alignment_overhead_ms_per_image": overhead, "results": results,
     }
     stem = out_dir / f"misalignment_{args.tag}"

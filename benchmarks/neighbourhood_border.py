@@ -14,7 +14,7 @@ extracted features, per region class (corner / edge / interior):
 * ``patch AUROC``: defect vs normal patches inside the class (all test images; a cell is
   defective when any mask pixel in it is), on the finest feature grid.
 
-    python benchmarks/neighbourhood_border.py --data mtd --shared ../shared --max-train 200
+    python -m benchmarks.neighbourhood_border --data mtd --shared ../shared --max-train 200
 
 Variants: E FAPM (each region its own memory), E + neighbourhood with ``clip`` and with
 ``shift``. Built through the package's settings and builders, like ``ablation_real.py``.
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 # benchmarks/ablation_real.py: the same data, features and builds
-from ablation_real import add_data_args, build_on_features, dataset, load_features, settings_for
+from benchmarks.ablation_real import add_data_args, build_on_features, dataset, load_features, settings_for
 
 VARIANTS = {
     "E FAPM (own region)": ["model=fapm"],
@@ -62,9 +62,10 @@ def measure(overrides: list[str], extractor, train_feats, test_feats, test_info)
     settings = settings_for(overrides)
     det, _ = build_on_features(settings, extractor, train_feats)
     scores = []
+    size = tuple(test_info["mask"].shape[-2:])
     for lo in range(0, len(test_info["label"]), 8):
         part = {k: v[lo : lo + 8] for k, v in test_feats.items()}
-        scores.append(det.fuse(det.nearest(det.streams(part)), len(part[next(iter(part))]))[:, 0])
+        scores.append(det.score_features(part, size).patch_scores)
     patch = torch.cat(scores)  # [M, H, W] nearest-neighbour distance per position (finest grid)
     size = tuple(patch.shape[-2:])
     classes = region_classes(tuple(settings.model.grid), size)

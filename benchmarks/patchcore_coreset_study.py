@@ -16,7 +16,7 @@ For each bank it reports the coverage of the training patches in the full featur
 (largest and mean distance of a training patch to its nearest bank item: what greedy
 k-center minimises) and the AUROCs. Needs anomalib (see the companion script)::
 
-    /work/anomalib-venv/bin/python benchmarks/patchcore_coreset_study.py --out outputs/coreset_study.json
+    /work/anomalib-venv/bin/python -m benchmarks.patchcore_coreset_study --out outputs/coreset_study.json
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patchcore_vs_anomalib import (  # noqa: E402
+from benchmarks.patchcore_vs_anomalib import (
     LAYERS,
     NUM_NEIGHBORS,
     RATIO,
@@ -49,11 +48,11 @@ from patchcore_vs_anomalib import (  # noqa: E402
     save_weights,
 )
 
-from fapm.data.demo import DEMO_CATEGORIES, generate_demo  # noqa: E402
-from fapm.data.transforms import Preprocess  # noqa: E402
-from fapm.metrics import IMAGE_AUROC, PIXEL_AUROC  # noqa: E402
-from fapm.models.coreset import GreedyKCenter, num_centres  # noqa: E402
-from fapm.models.scoring import anomaly_map  # noqa: E402
+from fapm.data.demo import DEMO_CATEGORIES, generate_demo
+from fapm.data.transforms import Preprocess
+from fapm.metrics import IMAGE_AUROC, PIXEL_AUROC
+from fapm.models.coreset import GreedyKCenter, num_centres
+from fapm.models.scoring import anomaly_map
 
 
 def coverage(x: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:

@@ -31,7 +31,7 @@ It needs anomalib, which is not a project dependency. Install it in a separate e
 Usage (from the repository root; writes the demo data into ``data/fapm_demo`` when missing,
 and the weights file and JSON into ``outputs/``)::
 
-    /work/anomalib-venv/bin/python benchmarks/patchcore_vs_anomalib.py \
+    /work/anomalib-venv/bin/python -m benchmarks.patchcore_vs_anomalib \
         --out outputs/patchcore_vs_anomalib.json [--data-root DIR] [--categories bracket weave] \
         [--seeds 0 1 2] [--threads 2] [--anomalib-preprocessing]
 """
@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fapm.conf import CONFIG_DIR
+from fapm.conf import compose
 from typing import Any
 
 import numpy as np
@@ -114,15 +114,11 @@ def batches(x: Tensor, size: int):
 # ----------------------------------------------------------------------------- our PatchCore
 def build_ours(weights: Path, seed: int, extra: list[str] | None = None) -> tuple[Any, Any]:
     """``MemoryDetector`` exactly as ``python train.py model=patchcore`` builds it."""
-    from hydra import compose, initialize_config_dir
-
     from fapm.builders import build_memory_detector
     from fapm.pipeline.common import validated_settings
 
     overrides = ["model=patchcore", f"backbone.weights={weights}", "backbone.pretrained=false", f"seed={seed}"]
-    overrides += extra or []
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose([*overrides, *(extra or [])])
     settings = validated_settings(cfg)
     detector = build_memory_detector(settings.model, settings.backbone, settings.seed)
     detector.eval()
@@ -140,51 +136,43 @@ class Scored:
     fit_seconds: float
 
 
-def ours_score(detector, test_emb: list[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Our scoring path (``MemoryDetector.forward`` after the backbone), on cached test streams,
-    with both patch-map resizes."""
+def ours_score(detector, test_layers: list[dict[str, Tensor]], size: tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Our public scoring stage (``MemoryDetector.score_features``, what ``forward`` runs after the
+    backbone) on cached test layers, with both patch-map resizes."""
     scores, patches, bil, near = [], [], [], []
-    for emb in test_emb:
-        results = detector.nearest([emb])
-        fused = detector.fuse(results, emb.shape[0])
-        scores.append(detector.score(fused, results))
-        patches.append(fused[:, 0])
-        bil.append(detector.to_map(fused, size))  # the configured resize (bilinear)
-        near.append(anomaly_map(fused[:, 0], size, detector.blur_sigma, "nearest"))
+    for layers in test_layers:
+        out = detector.score_features(layers, size)
+        scores.append(out.image_scores)
+        patches.append(out.patch_scores)
+        bil.append(out.anomaly_maps)  # the configured resize (bilinear)
+        near.append(anomaly_map(out.patch_scores, size, detector.scorer.blur_sigma, "nearest"))
     return torch.cat(scores), torch.cat(patches), {"bilinear": torch.cat(bil), "nearest": torch.cat(near)}
 
 
-def run_ours(detector, train: Split, test: Split, batch: int, seed: int) -> tuple[Scored, list[Tensor], list[Tensor]]:
+def run_ours(detector, train: Split, test: Split, batch: int, seed: int) -> tuple[Scored, list[dict], list[dict]]:
+    """Fit and score ours; also returns the cached training and test layers."""
     size = tuple(test.images.shape[-2:])
-    assert detector.map_upsample == "bilinear", "patchcore.yaml's map_upsample changed; update the report labels"
+    assert detector.scorer.map_upsample == "bilinear", "patchcore.yaml's map_upsample changed; update the report labels"
     start = time.perf_counter()
-    detector.reset_fit()
-    train_emb = []
     with torch.no_grad():
-        for x in batches(train.images, batch):
-            emb = detector.extract(x)[0]  # [B, 1536, 28, 28]
-            train_emb.append(emb)
-            detector.add_features([emb])
-        detector.seed = seed
-        detector.build()
+        train_layers = [detector.extractor(x) for x in batches(train.images, batch)]
+        detector.builder.seed = seed
+        detector.fit_features(train_layers)
     fit = time.perf_counter() - start
     with torch.no_grad():
-        test_emb = [detector.extract(x)[0] for x in batches(test.images, batch)]
-        scores, patch, maps = ours_score(detector, test_emb, size)
-    return Scored(scores, patch, maps, detector.memory_vectors(), fit), train_emb, test_emb
+        test_layers = [detector.extractor(x) for x in batches(test.images, batch)]
+        scores, patch, maps = ours_score(detector, test_layers, size)
+    return Scored(scores, patch, maps, detector.memory_vectors(), fit), train_layers, test_layers
 
 
-def ours_refit(detector, train_emb: list[Tensor], test_emb: list[Tensor], seed: int, size) -> Scored:
-    """Rebuild our memory from cached training streams with another coreset seed."""
+def ours_refit(detector, train_layers: list[dict], test_layers: list[dict], seed: int, size) -> Scored:
+    """Rebuild our memory from cached training layers with another coreset seed."""
     start = time.perf_counter()
-    detector.reset_fit()
-    for emb in train_emb:
-        detector.add_features([emb])
-    detector.seed = seed
+    detector.builder.seed = seed
     with torch.no_grad():
-        detector.build()
+        detector.fit_features(train_layers)
         fit = time.perf_counter() - start
-        scores, patch, maps = ours_score(detector, test_emb, size)
+        scores, patch, maps = ours_score(detector, test_layers, size)
     return Scored(scores, patch, maps, detector.memory_vectors(), fit)
 
 
@@ -354,7 +342,10 @@ def run_category(root: Path, category: str, weights: Path, args: argparse.Namesp
     print(f"[{category}] {len(train.labels)} train, {len(test.labels)} test images", flush=True)
 
     detector, _ = build_ours(weights, args.seeds[0])
-    ours, train_emb, test_emb = run_ours(detector, train, test, args.batch, args.seeds[0])
+    ours, train_layers, test_layers = run_ours(detector, train, test, args.batch, args.seeds[0])
+    with torch.no_grad():  # the PatchCore embeddings [B, 1536, 28, 28] (the one concatenated stream)
+        train_emb = [detector.streams(layers)[0] for layers in train_layers]
+        test_emb = [detector.streams(layers)[0] for layers in test_layers]
     our_bank = ours_bank(detector)
     print(f"[{category}] ours fitted in {ours.fit_seconds:.1f}s, bank {ours.bank_size}", flush=True)
 
@@ -413,7 +404,7 @@ def run_category(root: Path, category: str, weights: Path, args: argparse.Namesp
 
     # -- the coreset draw: other seeds for both, from cached features (no new extraction)
     for seed in args.seeds[1:]:
-        o = ours_refit(detector, train_emb, test_emb, seed, size)
+        o = ours_refit(detector, train_layers, test_layers, seed, size)
         rows.append(result_row("ours (model=patchcore, bilinear map)", o.scores, o.maps["bilinear"], test,
                                {"seed": seed, "bank": o.bank_size, "fit_s": o.fit_seconds}))
         rows.append(result_row("ours + map_upsample=nearest", o.scores, o.maps["nearest"], test,
@@ -520,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [run_category(args.data_root, c, args.weights, args) for c in args.categories]
     table = markdown(results, args.seeds)
     report = {
-        "command": "python benchmarks/patchcore_vs_anomalib.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.patchcore_vs_anomalib " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                     "cpu_count": os.cpu_count()},
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "anomalib": anomalib.__version__},

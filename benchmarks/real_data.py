@@ -1,6 +1,6 @@
 """FAPM on real photographs: the MTD magnetic tiles with the offline trained VGG16-BN.
 
-    python benchmarks/real_data.py [--max-train 200] [--model fapm] [--out DIR] [override ...]
+    python -m benchmarks.real_data [--max-train 200] [--model fapm] [--out DIR] [override ...]
 
 Uses ``../shared/data/mtd`` (MVTec layout, category ``magnetic_tile``: 728 normal training
 images, 594 test images with pixel masks) and ``../shared/weights/vgg16_bn_craft_features.pt``
@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-from fapm.conf import CONFIG_DIR
 
 import numpy as np
 
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     root, n_train = subset_root(data_root, out / "data", args.max_train or None, args.seed)
 
     os.environ.setdefault("FAPM_ROOT", str(REPO))
-    from hydra import compose, initialize_config_dir
-
+    from fapm.conf import compose
     from fapm.pipeline.train import train
     from fapm.reporting.runs import read_run_metrics
     from fapm.reporting.table import defect_table, run_table, to_markdown
@@ -107,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "logger=csv",
         *args.overrides,
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose(overrides)
     start = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - start

@@ -23,10 +23,10 @@ the MVTec data module and metrics):
 Every stage prints a Markdown table and writes JSON under ``benchmarks/results/``.
 Timings on a shared 2-core CPU: compare ratios within one run.
 
-    python benchmarks/scale.py extract --sizes 500,1000,2000
-    python benchmarks/scale.py fit --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
-    python benchmarks/scale.py micro
-    python benchmarks/scale.py real
+    python -m benchmarks.scale extract --sizes 500,1000,2000
+    python -m benchmarks.scale fit --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
+    python -m benchmarks.scale micro
+    python -m benchmarks.scale real
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fapm.models.detector import layer_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,16 +71,10 @@ def log(*parts: Any) -> None:
 
 
 def compose_settings(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from fapm.conf import CONFIG_DIR
+    from fapm.conf import compose
     from fapm.pipeline.common import validated_settings
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=/tmp", *overrides])
-    return validated_settings(cfg)
+    return validated_settings(compose(["paths.output_dir=/tmp", *overrides]))
 
 
 def detector_for(overrides: list[str], extractor=None):
@@ -212,14 +208,11 @@ def cmd_fit_one(args: argparse.Namespace) -> None:
     det = detector_for(OPTIONS[args.option])
     det.eval()
     rss_start = peak_rss_mb()
-    det.reset_fit(expected_images=args.n)
-    for lo in range(0, args.n, 16):
-        layers = read_streams("train", lo, min(args.n, lo + 16), meta)  # the cache holds one stream per layer
-        det.add_features(det.streams(dict(zip(det.extractor.layers, layers))))
-        del layers
-    t = time.perf_counter()
-    report = det.build()
-    build_s = time.perf_counter() - t
+    # the cache holds one stream per layer, read 16 images at a time (never all at once)
+    batches = (dict(zip(det.extractor.layers, read_streams("train", lo, min(args.n, lo + 16), meta)))
+               for lo in range(0, args.n, 16))
+    report = det.fit_features(batches, expected_images=args.n)
+    build_s = sum(report.seconds)  # the memory build alone (reading the cache excluded)
     out: dict[str, Any] = {
         "option": args.option, "overrides": OPTIONS[args.option], "images": args.n, "build_s": build_s,
         "build_s_per_image": build_s / args.n, "peak_rss_mb": peak_rss_mb(), "rss_before_fit_mb": rss_start,
@@ -268,7 +261,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             if (n, option) in done:
                 continue
             log(f"fit {option} on {n} images …")
-            cmd = [sys.executable, __file__, "fit-one", "--n", str(n), "--option", option,
+            cmd = [sys.executable, "-m", "benchmarks.scale", "fit-one", "--n", str(n), "--option", option,
                    "--threads", str(args.threads), "--nprobe", str(args.nprobe)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -358,9 +351,7 @@ def cmd_micro(args: argparse.Namespace) -> None:
             row["ivf_recall_at_1"] = float((found["faiss_ivf"] == found["torch"]).float().mean())
             ivf = search
             for nprobe in [int(x) for x in args.nprobe_sweep.split(",") if x]:
-                ivf.nprobe = nprobe
-                for index in ivf._indexes:
-                    ivf._set_search_parameters(index)
+                ivf.set_nprobe(nprobe)
                 ms = 1000 * time_search(ivf, queries, 1, 1)
                 recall = float((ivf.search(queries, 1)[1] == found["torch"]).float().mean())
                 row.setdefault("nprobe_sweep", []).append({"nprobe": nprobe, "ms": ms, "recall_at_1": recall})
@@ -439,27 +430,21 @@ def cmd_real(args: argparse.Namespace) -> None:
         log(f"real: {option} …")
         settings = compose_settings(bb + REAL_OPTIONS[option])
         det = build_memory_detector(settings.model, settings.backbone, settings.seed, extractor=extractor)
-        det.reset_fit(expected_images=n)
-        for lo in range(0, n, 16):
-            det.add_features(det.streams({k: v[lo : lo + 16] for k, v in train.items()}))
-        t = time.perf_counter()
-        det.build()
-        build_s = time.perf_counter() - t
+        build_s = sum(det.fit_features(layer_batches(train, 16), expected_images=n).seconds)
         metrics = AnomalyMetrics()
-        search_s = 0.0
+        head_s = 0.0
         for lo in range(0, m, 8):
             part = {k: v[lo : lo + 8] for k, v in test.items()}
             t = time.perf_counter()
-            results = det.nearest(det.streams(part))
-            search_s += time.perf_counter() - t
-            fused = det.fuse(results, len(next(iter(part.values()))))
-            metrics.update(det.score(fused, results), info["label"][lo : lo + 8], det.to_map(fused, size),
+            out = det.score_features(part, size)
+            head_s += time.perf_counter() - t
+            metrics.update(out.image_scores, info["label"][lo : lo + 8], out.anomaly_maps,
                            info["mask"][lo : lo + 8], info["defect_type"][lo : lo + 8])
         res = metrics.compute()
         rows[option] = {
             "overrides": REAL_OPTIONS[option], "image_auroc": float(res[names.IMAGE_AUROC]),
             "pixel_auroc": float(res[names.PIXEL_AUROC]), "memory_vectors": det.memory_vectors(),
-            "build_s": build_s, "search_ms_per_image": 1000 * search_s / m,
+            "build_s": build_s, "head_ms_per_image": 1000 * head_s / m,
             "sizes": {s: [min(mm.sizes()), max(mm.sizes())] for s, mm in zip(det.stream_names, det.memories)},
             "enlarged": {s: int(mm.enlarged.sum()) for s, mm in zip(det.stream_names, det.memories)},
         }
@@ -467,7 +452,7 @@ def cmd_real(args: argparse.Namespace) -> None:
         save(args.out, {"machine": machine(), "data": str(root), "weights": str(weights), "train_images": n,
                         "test_images": m, "extract_s": {k: feats.get(f"{k}_s") for k in ("train", "test")},
                         "rows": rows})
-    lines = ["| option | image AUROC | pixel AUROC | memory vectors | region sizes | build s | search ms/img |",
+    lines = ["| option | image AUROC | pixel AUROC | memory vectors | region sizes | build s | head ms/img |",
              "|---|---:|---:|---:|---|---:|---:|"]
     for name, r in rows.items():
         sizes = ", ".join(f"{k} {a}–{b}" for k, (a, b) in r["sizes"].items())

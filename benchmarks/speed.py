@@ -3,8 +3,8 @@
 One process, one backbone, one set of extracted features:
 
 * fit = feature extraction (shared, timed once per image) + memory build per variant;
-* per-image latency at batch 1, split into backbone, search, fusion + map + blur and image
-  score (median and p90 over the test images after a warm-up; data loading excluded), with
+* per-image latency at batch 1, split into the backbone and the head (the detector's public
+  scoring stage: search, fusion, map, blur and image score; median and p90 over the test images after a warm-up; data loading excluded), with
   the backbone alone timed on the same image just before (the baseline of the latency
   target); CUDA events on a GPU, one synchronisation per image;
 * throughput at batch 1 and at a larger batch; memory vectors and bytes;
@@ -19,8 +19,8 @@ One process, one backbone, one set of extracted features:
 
 Prints Markdown tables and writes JSON. Example (the numbers of docs/performance.md)::
 
-    python benchmarks/speed.py --train-images 200 --sweep 50,100,200,400 --out benchmarks/results/speed_cpu.json
-    python benchmarks/speed.py --variants "" --skip-rss --deploy --anomalib-python /work/venv-anomalib/bin/python \
+    python -m benchmarks.speed --train-images 200 --sweep 50,100,200,400 --out benchmarks/results/speed_cpu.json
+    python -m benchmarks.speed --variants "" --skip-rss --deploy --anomalib-python /work/venv-anomalib/bin/python \
         --out benchmarks/results/deploy_cpu.json
 """
 
@@ -38,12 +38,12 @@ import time
 import warnings
 from pathlib import Path
 
-from fapm.conf import CONFIG_DIR
 from typing import Any, Callable
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+
+from fapm.conf import compose
+from fapm.models.detector import layer_batches
 
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -53,9 +53,7 @@ VARIANTS = {"fapm": "E FAPM", "ablation_d": "D patch+layer", "patchcore": "A Pat
 
 # ------------------------------------------------------------------------------ set-up
 def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp", *overrides])
+    return compose(["paths.output_dir=/tmp", *overrides])
 
 
 def detector_for(cfg: Any, extractor: Any = None) -> Any:
@@ -181,17 +179,17 @@ def extract_all(extractor: torch.nn.Module, images: torch.Tensor, device: torch.
 
 @torch.inference_mode()
 def fit_variant(det: Any, feats: dict[str, torch.Tensor], n: int, batch: int = 16) -> float:
-    det.reset_fit(expected_images=n)
-    for lo in range(0, n, batch):
-        det.add_features(det.streams({k: v[lo : min(n, lo + batch)] for k, v in feats.items()}))
-    _, seconds = timed(det.build, feats[next(iter(feats))].device)
+    """Seconds of the detector's public fit stage on the first ``n`` images' extracted features."""
+    first = {k: v[:n] for k, v in feats.items()}
+    _, seconds = timed(lambda: det.fit_features(layer_batches(first, batch), expected_images=n),
+                       feats[next(iter(feats))].device)
     return seconds
 
 
 @torch.inference_mode()
 def latency(det: Any, images: torch.Tensor, device: torch.device, warmup: int) -> dict[str, Any]:
     """Per-image stage times at batch 1: one stopwatch stamp between stages, read once per image."""
-    names = ("backbone", "search", "map", "score")
+    names = ("backbone", "head")
     stages: dict[str, list[float]] = {k: [] for k in (*names, "total", "backbone_alone")}
     watch = Stopwatch(device)
     for i in range(len(images)):
@@ -204,12 +202,7 @@ def latency(det: Any, images: torch.Tensor, device: torch.device, warmup: int) -
         watch.start()
         layers = det.extractor(x)
         watch.stamp()
-        results = det.nearest(det.streams(layers))
-        watch.stamp()
-        fused = det.fuse(results, 1)
-        det.to_map(fused, tuple(x.shape[-2:]))
-        watch.stamp()
-        det.score(fused, results)
+        det.score_features(layers, tuple(x.shape[-2:]))
         watch.stamp()
         if i >= warmup:
             times = watch.intervals()
@@ -617,16 +610,15 @@ def markdown(report: dict[str, Any], batch: int) -> str:
         f"p90 {report['backbone_latency_ms']['p90']:.1f} ms per image (batch 1).",
         "",
         "| variant | fit: extract s | fit: build s | memory vectors | memory MB | backbone alone ms | backbone ms | "
-        "search ms | fusion+map+blur ms | score ms | total ms (p90) | img/s b1 | img/s b" + str(batch) + " |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "head ms | total ms (p90) | img/s b1 | img/s b" + str(batch) + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["variants"].values():
         lat = row["latency_ms"]
         lines.append(
             f"| {row['name']} | {row['fit_extract_s']:.1f} | {row['fit_build_s']:.2f} | {row['memory_vectors']} | "
             f"{row['memory_mb']:.1f} | {lat['backbone_alone']['median']:.1f} | {lat['backbone']['median']:.1f} | "
-            f"{lat['search']['median']:.2f} | "
-            f"{lat['map']['median']:.2f} | {lat['score']['median']:.2f} | {lat['total']['median']:.1f} "
+            f"{lat['head']['median']:.2f} | {lat['total']['median']:.1f} "
             f"({lat['total']['p90']:.1f}) | {row['fps_batch1']:.2f} | {row[f'fps_batch{batch}']:.2f} |"
         )
     graphs = {k: r["cuda_graph"] for k, r in report["variants"].items() if "cuda_graph" in r}
@@ -641,14 +633,14 @@ def markdown(report: dict[str, Any], batch: int) -> str:
                 lines.append(f"| {name} | {g['latency_ms']['median']:.2f} ({g['latency_ms']['p90']:.2f}) | "
                              f"{g['fps_batch1']:.1f} | {g[f'fps_batch{batch}']:.1f} |")
     if report["sweep"]:
-        lines += ["", "| variant | train images | fit: extract s | fit: build s | memory vectors | search ms | total ms |",
+        lines += ["", "| variant | train images | fit: extract s | fit: build s | memory vectors | head ms | total ms |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for variant, rows in report["sweep"].items():
             for n, row in rows.items():
                 lat = row["latency_ms"]
                 lines.append(
                     f"| {row['name']} | {n} | {row['fit_extract_s']:.1f} | {row['fit_build_s']:.2f} | "
-                    f"{row['memory_vectors']} | {lat['search']['median']:.2f} | {lat['total']['median']:.1f} |"
+                    f"{row['memory_vectors']} | {lat['head']['median']:.2f} | {lat['total']['median']:.1f} |"
                 )
     if report.get("fit_peak_rss_mb"):
         n, mb = next(iter(report["fit_peak_rss_mb"].items()))

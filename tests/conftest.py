@@ -127,15 +127,9 @@ from fapm.conf import CONFIG_DIR as CONF_DIR  # noqa: E402  (the packaged config
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path):
     """Compose ``conf/<config_name>.yaml`` with ``overrides``; outputs go to ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from fapm.conf import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            config_name,
-            overrides=[f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}", *overrides],
-        )
+    return compose([f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}", *overrides], config_name)
 
 
 def tiny_train_overrides(data_root: Path, category: str = "plate") -> list[str]:

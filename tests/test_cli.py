@@ -33,11 +33,17 @@ def run_fapm(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
     return subprocess.run([*fapm_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_console_script_is_declared() -> None:
+def test_console_script_runs_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ``fapm`` script declared in pyproject.toml resolves to a function that runs the commands."""
+    import importlib
+
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"] == {"fapm": "fapm.cli:main"}
-    assert callable(cli.main)
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["fapm"]
+    module, _, attr = target.partition(":")
+    entry = getattr(importlib.import_module(module), attr)
+    assert entry(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("train", "eval", "predict", "report", "export"))
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:
@@ -54,6 +60,33 @@ def test_train_help_is_hydras_with_the_config_groups(tmp_path: Path) -> None:
     model_line = next(line for line in done.stdout.splitlines() if line.startswith("model: "))
     assert "fapm" in model_line and "patchcore" in model_line
     assert not (tmp_path / "logs").exists()  # --help runs nothing
+
+
+@pytest.mark.parametrize("command, keys", [
+    ("train", ["model.k", "data.category", "backbone.name", "runtime.threads"]),
+    ("eval", ["ckpt_path", "runtime.threads"]),
+    ("predict", ["ckpt_path", "input", "runtime.threads"]),
+])
+def test_help_of_every_hydra_command_lists_its_keys(command: str, keys: list[str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "== Keys" in out
+    listed = set(out[out.index("== Keys") :].split())
+    assert set(keys) <= listed, set(keys) - listed
+
+
+def test_report_takes_key_value_and_lists_its_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {key} " in out for key in cli.REPORT_KEYS)
+    args = cli.parse_report_args(["runs=a,b", "c", "by=model", "out=o"])
+    assert args == {"runs": ["a", "b", "c"], "by": "model", "out": "o"}
+    assert cli.parse_report_args(["a", "--by", "both", "--out=o"])["by"] == "both"  # the earlier flags still read
+    assert cli.main(["report", "a", "by=row"]) == 2
+    assert "by=row is not one of" in capsys.readouterr().err
+    assert cli.main(["report", "a", "colour=red"]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +122,7 @@ def test_export_and_report_on_the_trained_run(
     if importlib.util.find_spec("onnxruntime") is not None:  # the deploy extra (CI installs it)
         assert cli.main(["export", f"model={run / 'model.safetensors'}", "format=onnx"]) == 0
         assert (run / "model.onnx").is_file()
-    assert cli.main(["report", str(run), "--out", str(work / "report")]) == 0
+    assert cli.main(["report", f"runs={run}", f"out={work / 'report'}"]) == 0
     assert "| plate |" in (work / "report" / "report.md").read_text()
 
 
@@ -111,12 +144,21 @@ def test_sweep_experiment_without_multirun_says_add_m(tmp_path: Path, capsys: py
     assert "Dataset root not found" in capsys.readouterr().err
 
 
-def test_runtime_threads_is_a_key_of_every_command() -> None:
+def test_runtime_threads_is_a_key_of_every_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``runtime.threads=N`` composes for every command (an unknown key would be refused) and its
+    node sets torch's threads."""
+    import torch
+
+    from fapm import console
     from tests.conftest import compose_config
 
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "get_num_interop_threads", lambda: 3)  # leave the process's inter-op pool alone
     for name in cli.HYDRA_COMMANDS:
-        cfg = compose_config(name, [], Path("unused"))
-        assert cfg.runtime.threads is None, name
+        cfg = compose_config(name, ["runtime.threads=3"], Path("unused"))
+        console.apply_runtime(cfg.runtime)
+    assert calls == [3] * len(cli.HYDRA_COMMANDS)
 
 
 def test_missing_data_root_fails_before_any_backbone_is_built(

@@ -32,9 +32,15 @@ def test_model_configs_validate_and_build(model: str, tmp_path: Path) -> None:
         assert module.detector.coreset.ratio == cfg.model.coreset_ratio
         assert len(module.detector.memories) == settings.model.streams(settings.backbone)
     else:  # the trained family (LAMP) brings its own trainer and callbacks
+        from fapm.lightning.lamp_module import VAL_LOSS
+        from fapm.pipeline.common import instantiate_group
+
         assert isinstance(settings.model, LampSettings)
-        assert cfg.trainer.max_epochs > 1
-        assert "early_stopping" in cfg.callbacks
+        # early stopping and the best checkpoint watch the loss the LAMP module logs, and validation runs
+        monitors = {c.monitor for c in instantiate_group(cfg.callbacks) if hasattr(c, "monitor")}
+        assert monitors == {VAL_LOSS}
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+        assert trainer.max_epochs > 1 and trainer.limit_val_batches > 0
 
 
 @pytest.mark.parametrize("backbone", options("backbone"))
@@ -134,7 +140,8 @@ def test_other_groups_instantiate(group: str, tmp_path: Path) -> None:
                 assert cfg.trainer.devices >= 1
                 continue
             trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-            assert trainer.max_epochs >= 1
+            # every trainer keeps the memory bank's contract: one pass over the data, no validation loop
+            assert trainer.max_epochs == 1 and trainer.limit_val_batches == 0 and trainer.num_sanity_val_steps == 0
             if option.startswith("ddp"):  # fapm shards the data itself, each sample once
                 assert type(trainer.strategy).__name__ == "MemoryBankDDPStrategy"
                 assert trainer.world_size == 2 and not trainer._accelerator_connector.use_distributed_sampler
@@ -145,9 +152,19 @@ def test_other_groups_instantiate(group: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiments_compose_and_validate(experiment: str, tmp_path: Path) -> None:
-    cfg = compose_config("train", [f"experiment={experiment}", *BASE], tmp_path)
+    from fapm.conf import compose
+
+    paths = [f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}"]
+    cfg = compose([f"experiment={experiment}", *BASE, *paths], return_hydra_config=True)
     settings = validated_settings(cfg)
-    swept = cfg.hydra.sweeper.params if "hydra" in cfg and cfg.hydra.get("sweeper") else {}
-    assert settings.model.name == cfg.model.name and cfg.tags
-    for key, values in dict(swept or {}).items():
+    swept = dict(cfg.hydra.sweeper.params or {})
+    assert swept, "an experiment is a multirun recipe: it sweeps at least one key"
+    assert settings.model.name == cfg.model.name
+    # every job of the sweep is a valid run, with the swept value applied
+    for key, values in swept.items():
         assert isinstance(values, str) and "," in values, key
+        for value in values.split(","):
+            job = compose_config("train", [f"experiment={experiment}", f"{key}={value}", *BASE], tmp_path)
+            job_settings = validated_settings(job)
+            if key == "model":
+                assert job_settings.model.name == value

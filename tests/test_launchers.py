@@ -139,7 +139,7 @@ def test_report_is_the_same_whatever_the_launcher(
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main([str(submitit_sweep[2]), "--out", str(tmp_path)]) == 1
+    assert cli.main([str(submitit_sweep[2]), f"out={tmp_path}"]) == 1
     printed = capsys.readouterr().out
     assert "| plate |" in printed and "| missing |" in printed and "1 failed run(s)" in printed
 
@@ -180,43 +180,48 @@ def test_joblib_jobs_share_the_cores_instead_of_each_taking_all(tmp_path: Path) 
 
 
 def _hydra_config(*overrides: str) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from fapm.conf import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+    return compose(overrides, return_hydra_config=True)
 
 
 @pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema:UserWarning")
-def test_launcher_configs_compose_with_their_keys() -> None:
+def test_launcher_configs_name_real_launchers_and_follow_their_keys() -> None:
+    import hydra
+
     _plugin("hydra_joblib_launcher")
     _plugin("hydra_submitit_launcher")
-    joblib = _hydra_config("hydra/launcher=joblib", "hydra.launcher.n_jobs=4").hydra.launcher
-    assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 4 and int(joblib.batch_size) == 1
-    slurm = _hydra_config(
-        "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=6",
-        "hydra.launcher.gpus_per_node=2", "hydra.launcher.mem_gb=64", "hydra.launcher.timeout_min=30",
-        "hydra.launcher.array_parallelism=4",
-    ).hydra.launcher  # fmt: skip
-    assert slurm._target_.endswith("SlurmLauncher")
-    assert (slurm.partition, slurm.gpus_per_node, slurm.mem_gb, slurm.timeout_min, slurm.array_parallelism) == (
-        "gpu", 2, 64, 30, 4
-    )
-    assert slurm.setup == ["export OMP_NUM_THREADS=6 MKL_NUM_THREADS=6"]  # threads follow --cpus-per-task
-    local = _hydra_config("hydra/launcher=submitit_local").hydra.launcher
-    assert local._target_.endswith("LocalLauncher") and local.gpus_per_node == 0
+    for name in ("joblib", "submitit_slurm", "submitit_local"):
+        launcher = _hydra_config(f"hydra/launcher={name}").hydra.launcher
+        assert hasattr(hydra.utils.get_class(launcher._target_), "launch"), name  # the target is a real launcher
+    # the job's thread count follows --cpus-per-task (an interpolation, not a copied number)
+    for cpus in (6, 3):
+        slurm = _hydra_config("hydra/launcher=submitit_slurm", f"hydra.launcher.cpus_per_task={cpus}").hydra.launcher
+        assert slurm.setup == [f"export OMP_NUM_THREADS={cpus} MKL_NUM_THREADS={cpus}"]
 
 
-def test_optuna_search_config_composes() -> None:
+def test_optuna_search_space_is_made_of_valid_runs(tmp_path: Path) -> None:
+    """Every key the search tunes is a model setting, and every choice of it validates as a run; the
+    optimised metric is one the test loop reports."""
+    from fapm.pipeline.common import validated_settings
+
     _plugin("hydra_optuna_sweeper")
     cfg = _hydra_config("hparams_search=fapm_optuna")
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
-    assert sweeper.sampler.seed is not None and cfg.optimized_metric == names.IMAGE_AUROC
-    assert set(sweeper.params) == {"model.d_th", "model.coreset_ratio", "model.grid", "model.k", "model.image_score"}
-    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric in (*names.IMAGE_METRICS, *names.PIXEL_METRICS)
     assert _hydra_config().hydra.sweeper._target_.endswith("BasicSweeper")  # hparams_search: null by default
+    paths = [f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}"]
+    for key, space in cfg.hydra.sweeper.params.items():
+        inner = space[space.index("(") + 1 : space.rindex(")")]
+        if space.startswith("choice("):
+            values = [v.strip() for v in inner.replace("], [", "];[").split(";" if "[" in inner else ",")]
+        elif space.startswith("range("):
+            lo, hi = (int(v) for v in inner.split(","))
+            values = [str(lo), str(hi - 1)]
+        else:  # (tagged) interval: its two ends
+            values = [v.strip(" )") for v in inner.split("(")[-1].split(",")]
+        for value in values:
+            settings = validated_settings(_hydra_config(*paths, f"{key}={value}"))
+            assert settings.model.to_dict()[key.split(".", 1)[1]] is not None, (key, value)
 
 
 # --------------------------------------------------------------------------------------------

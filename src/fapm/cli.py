@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -319,6 +320,7 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
     app = hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name=config_name)(task_function)
     if any(a in ("-h", "--help") for a in args):
         print(f"{PROG} {command}: {description}\n")
+        print(keys_help(config_name) + "\n")
 
     def run() -> int:
         saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
@@ -348,62 +350,114 @@ def run_hydra(command: str, args: Sequence[str], verbose: bool = False) -> int:
 def _relaunchable(command: str) -> Iterator[None]:
     """Let Lightning's DDP launcher start the other ranks with this same command.
 
-    Lightning re-runs ``sys.argv`` (``python <argv[0]> <argv[1:]>``, or ``python -m <module>
-    <argv[1:]>``) plus its own Hydra overrides. Hydra has parsed the command line by now, so
-    ``sys.argv`` can name this package's ``__main__`` and the command, whichever way the
-    process was started (``fapm``, ``python -m fapm``, ``python train.py``).
+    Lightning re-runs the main module (``python -m <__main__.__spec__.name> <argv[1:]>``, or the
+    file ``argv[0]`` when the main module has no spec) plus its own Hydra overrides. Hydra has
+    parsed the command line by now, so for the launch the main module is presented as
+    ``fapm.__main__`` and ``sys.argv`` as ``fapm <command> ...``: every rank runs ``python -m
+    fapm.__main__ <command> ...`` whichever way this process was started (``fapm``, ``python -m
+    fapm``, ``python train.py``). Never a file inside the package: run as a script, its folder
+    would come first on ``sys.path`` and ``fapm/lightning`` would shadow Lightning itself.
     """
     import __main__
 
-    import fapm.relaunch.run as script
-
-    saved = sys.argv
-    # ``python -m fapm``: Lightning runs ``python -m fapm.__main__ <argv[1:]>``; otherwise the file
-    if getattr(__main__, "__spec__", None) is not None:
-        sys.argv = ["fapm", command, *saved[1:]]
-    else:
-        sys.argv = [str(Path(script.__file__).resolve()), command, *saved[1:]]
+    saved_argv, saved_spec = sys.argv, getattr(__main__, "__spec__", None)
+    sys.argv = ["fapm", command, *saved_argv[1:]]
+    __main__.__spec__ = importlib.util.find_spec("fapm.__main__")
     try:
         yield
     finally:
-        sys.argv = saved
+        sys.argv = saved_argv
+        __main__.__spec__ = saved_spec
+
+
+def keys_help(config_name: str) -> str:
+    """Every key of ``<config_name>.yaml`` as composed by default, grouped (for ``--help``)."""
+    import textwrap
+
+    from omegaconf import OmegaConf
+
+    from fapm.conf import compose
+
+    def flat(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [k for key, value in node.items() for k in flat(value, f"{prefix}.{key}")]
+        return [prefix]
+
+    cfg = OmegaConf.to_container(compose([], config_name), resolve=False)
+    lines = ["== Keys (override any: key=value; `--cfg job` shows their values) =="]
+    for group, node in cfg.items():  # type: ignore[union-attr]
+        keys = " ".join(flat(node, str(group)))
+        lines.append(textwrap.fill(keys, width=110, initial_indent="  ", subsequent_indent="    "))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- report
-def report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} report",
-        description="Turn run folders into result tables: reads every job's metrics.json (jobs without one "
-        "are reported as failed), prints the Markdown tables and writes report.md plus one .md/.csv per "
-        "table into --out. Exits with status 1 when some run failed.",
-    )
-    parser.add_argument("runs", nargs="+", help="multirun folder(s), run folder(s), metrics.json files or globs")
-    parser.add_argument(
-        "--by",
-        choices=["auto", "category", "model", "both"],
-        default="auto",
-        help="table rows: per category (paper Table 1), per model (Table 2); auto = from what varies",
-    )
-    parser.add_argument("--out", default=None, help="folder for report.md and the CSV files (default: first run path)")
-    return parser
+#: ``fapm report``'s keys (``key=value``, as every command): name → (default, help).
+REPORT_KEYS: dict[str, tuple[Any, str]] = {
+    "runs": ([], "multirun folder(s), run folder(s), metrics.json files or globs, comma-separated "
+                 "(bare paths are runs too: fapm report logs/train/multiruns/<time>)"),
+    "by": ("auto", "table rows: category (paper Table 1), model (Table 2), both; auto = from what varies"),
+    "out": (None, "folder for report.md and the CSV files (default: the first run path)"),
+}
+REPORT_BY = ("auto", "category", "model", "both")
+
+
+def report_help() -> str:
+    width = max(map(len, REPORT_KEYS))
+    return "\n".join([
+        f"usage: {PROG} report [runs=]<path>[,<path>...] [by=auto|category|model|both] [out=DIR]",
+        "",
+        "Turn run folders into result tables: reads every job's metrics.json (jobs without one are reported as "
+        "failed), prints the Markdown tables and writes report.md plus one .md/.csv per table into out. Exits "
+        "with status 1 when some run failed.",
+        "",
+        "== Keys (key=value) ==",
+        *(f"  {key:<{width}}  {text} (default: {default!r})" for key, (default, text) in REPORT_KEYS.items()),
+    ])
+
+
+def parse_report_args(argv: Sequence[str]) -> dict[str, Any]:
+    """``fapm report``'s ``key=value`` arguments (bare paths are runs; ``--by``/``--out`` still read)."""
+    values: dict[str, Any] = {key: (list(d) if isinstance(d, list) else d) for key, (d, _) in REPORT_KEYS.items()}
+    tokens = list(argv)
+    while tokens:
+        token = tokens.pop(0)
+        if token in ("--by", "--out") and tokens:  # the earlier flag spelling
+            token = f"{token[2:]}={tokens.pop(0)}"
+        key, sep, value = token.lstrip("-").partition("=") if token.startswith("--") else token.partition("=")
+        if not sep:
+            values["runs"].append(token)
+        elif key not in REPORT_KEYS:
+            raise UsageError(f"report: unknown key {key!r}", hint=f"keys: {', '.join(REPORT_KEYS)} (fapm report --help)")
+        elif key == "runs":
+            values["runs"] += [v for v in value.split(",") if v]
+        else:
+            values[key] = value
+    if values["by"] not in REPORT_BY:
+        raise UsageError(f"report: by={values['by']} is not one of {', '.join(REPORT_BY)}")
+    if not values["runs"]:
+        raise UsageError("report: no run folders given", hint="fapm report logs/train/multiruns/<time> [by=model]")
+    return values
 
 
 def report_main(argv: Sequence[str]) -> int:
-    """``fapm report <runs...> [--by ...] [--out DIR]`` (also ``python report.py``)."""
-    parser = report_parser()
-    args = parser.parse_args(list(argv))
+    """``fapm report [runs=]<path>[,...] [by=...] [out=DIR]`` (also ``python report.py``)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(report_help())
+        return 0
+    args = parse_report_args(argv)
 
     from fapm.reporting import collect_runs, write_report
     from fapm.reporting.table import build_tables, to_markdown
 
-    runs = collect_runs(args.runs)
+    runs = collect_runs(args["runs"])
     if not runs:
-        parser.error(f"no run folders (with metrics.json or .hydra/config.yaml) under {args.runs}")
-    first = Path(args.runs[0])
-    out = Path(args.out) if args.out else first if first.is_dir() else Path.cwd()
-    for table in build_tables(runs, args.by).values():
+        raise UsageError(f"report: no run folders (with metrics.json or .hydra/config.yaml) under {args['runs']}")
+    first = Path(args["runs"][0])
+    out = Path(args["out"]) if args["out"] else first if first.is_dir() else Path.cwd()
+    for table in build_tables(runs, args["by"]).values():
         print(to_markdown(table))
-    written = write_report(runs, out, args.by)
+    written = write_report(runs, out, args["by"])
     print(f"{len(runs)} run(s); wrote {', '.join(p.name for p in written)} to {out}")
     return 1 if any(not r.ok for r in runs) else 0
 

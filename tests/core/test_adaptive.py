@@ -31,7 +31,7 @@ def two_cluster_memory(spread: float) -> torch.Tensor:
 def test_rule_enlarges_only_above_threshold() -> None:
     tight, loose = two_cluster_memory(0.3), two_cluster_memory(1.5)
     x = torch.cat([tight, loose])  # [2, 40, 2]
-    coreset = AdaptiveCoreset(ratio=0.05, d_th=0.5, factor=2.0)  # k = 2 then 4
+    coreset = AdaptiveCoreset(ratio=0.05, d_th=0.5, factor=2.0, threshold_mode="absolute")  # k = 2 then 4
     result = coreset(x, torch.Generator().manual_seed(0))
     # with 2 centres (one per cluster) the farthest member is ~radius (or diameter) away
     assert result.lengths.tolist() == [2, 4]

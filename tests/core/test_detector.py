@@ -47,14 +47,25 @@ def fit(det: MemoryDetector, images: torch.Tensor) -> MemoryDetector:
     return det
 
 
-def test_variants_differ_only_in_a_few_keys(tmp_path) -> None:
+#: what each variant changes from model=fapm (the module docstring's table: grid, streams, adaptive;
+#: PatchCore also its projection, k and image score)
+VARIANT_CHANGES = {
+    "patchcore": {"grid", "fusion", "adaptive", "projection_dim", "k", "image_score"},
+    "ablation_b": {"fusion", "adaptive"},
+    "ablation_c": {"grid", "adaptive"},
+    "ablation_d": {"adaptive"},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_CHANGES))
+def test_variants_differ_exactly_in_the_table_keys(tmp_path, variant) -> None:
     from omegaconf import OmegaConf
 
     base = OmegaConf.to_container(compose_config("train", ["model=fapm"], tmp_path).model, resolve=True)
-    for variant in VARIANTS[:-1]:
-        other = OmegaConf.to_container(compose_config("train", [f"model={variant}"], tmp_path).model, resolve=True)
-        changed = {k for k in base if k != "module" and base[k] != other[k]} - {"name"}
-        assert 1 <= len(changed) <= 7, (variant, changed)
+    other = OmegaConf.to_container(compose_config("train", [f"model={variant}"], tmp_path).model, resolve=True)
+    assert set(other) == set(base)  # a variant adds no key of its own
+    changed = {k for k in base if base[k] != other[k]} - {"name"}
+    assert changed == VARIANT_CHANGES[variant]
 
 
 def test_patchcore_config_matches_a_direct_patchcore_computation(tmp_path, images) -> None:
@@ -128,7 +139,7 @@ def test_neighbourhood_search_is_superset(tmp_path, images) -> None:
     det = fit(build("fapm", tmp_path, ["model.adaptive=false"]), images)
     test = images[:2] + 0.4
     plain = det.nearest(det.extract(test))
-    det.neighbourhood = 1
+    det.scorer.neighbourhood = 1
     wider = det.nearest(det.extract(test))
     for p, w in zip(plain, wider):
         assert bool((w.distances <= p.distances + 1e-5).all())
@@ -165,14 +176,15 @@ def test_support_distances_per_region_match_direct(extractor, images) -> None:
     test = images[:3] + 0.5
     streams = det.extract(test)
     results = det.nearest(streams)
-    fused = det.fuse(results, 3)
+    fused = det.scorer.fuse(results, 3)
     pos = fused[:, 0].flatten(1).argmax(dim=1)
-    got = det._support(results, fused, pos, 4)
+    _, k_max = det.search_limits()
+    got = det.scorer.support(results, fused.shape[-2:], [m.searchable() for m in det.memories], k_max, pos, 4)
     height, width = fused.shape[-2:]
     for b in range(3):
         y, x = int(pos[b]) // width, int(pos[b]) % width
         expected = torch.zeros(4, dtype=torch.float64)
-        for stream, memory, weight in zip(streams, det.memories, det.layer_weights):
+        for stream, memory, weight in zip(streams, det.memories, det.scorer.layer_weights):
             hs, ws = stream.shape[-2:]
             ys, xs = y * hs // height, x * ws // width
             region = (ys // (hs // 7)) * 7 + xs // (ws // 7)
@@ -214,10 +226,9 @@ def test_softmax_score_with_one_neighbour_falls_back_to_max_and_warns(extractor,
         det.build()
     with torch.no_grad():
         out = det(images[1:4])
-        fused = det.fuse(det.nearest(det.extract(images[1:4])), 3)
     assert det.effective_k() == 1
     assert torch.all(out.image_scores > 0)
-    assert torch.equal(out.image_scores, fused[:, 0].flatten(1).amax(dim=1))
+    assert torch.equal(out.image_scores, out.patch_scores.flatten(1).amax(dim=1))
 
 
 def _direct_fused(det: MemoryDetector, test: torch.Tensor, k: int) -> torch.Tensor:
@@ -265,3 +276,25 @@ def test_image_score_end_to_end(tmp_path, images, score) -> None:
         expected = (1 - torch.softmax(neighbours, dim=1).amax(dim=1)) * s_star
         assert bool((expected < s_star).all()) and bool((expected > 0).all())
     torch.testing.assert_close(out.image_scores.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_public_stages_equal_the_image_path(tmp_path, images) -> None:
+    """fit_features on extracted layers builds the memory collect/build builds from the images, and
+    score_features on the test layers gives forward's output (the stages benchmarks and exports use)."""
+    from fapm.models.detector import layer_batches
+
+    reference = fit(build("fapm", tmp_path), images)
+    det = build("fapm", tmp_path)
+    with torch.no_grad():
+        layers = det.extractor(images)
+        report = det.fit_features(layer_batches(layers, 3), expected_images=len(images))
+    assert report.sizes == reference.last_build.sizes
+    for a, b in zip(det.memories, reference.memories):
+        assert torch.equal(a.memory, b.memory) and torch.equal(a.lengths, b.lengths)
+    test = images[:3] + 0.3
+    with torch.no_grad():
+        out = det.score_features(det.extractor(test), tuple(test.shape[-2:]))
+        expected = reference(test)
+    assert torch.equal(out.image_scores, expected.image_scores)
+    assert torch.equal(out.anomaly_maps, expected.anomaly_maps)
+    assert out.patch_scores.shape[0] == 3 and torch.equal(out.image_scores, out.patch_scores.flatten(1).amax(1))

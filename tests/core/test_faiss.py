@@ -139,12 +139,12 @@ def test_use_search_refits_the_same_memory_under_another_index(tmp_path) -> None
     det.collect(train)
     det.build()
     exact = det(test)
-    assert all(isinstance(search, TorchKNN) for search in det._searches)
+    assert all(isinstance(search, TorchKNN) for search in det.searches())
     flat = validated_settings(compose_config("train", ["model=fapm", "model/search=flat"], tmp_path)).model.search
     det.use_search(build_search(flat))
     served = det(test)
     # the indexes were rebuilt from the new factory on the unchanged memory
-    assert det._searches and all(isinstance(search, FaissKNN) for search in det._searches)
+    assert det.searches() and all(isinstance(search, FaissKNN) for search in det.searches())
     assert torch.allclose(served.image_scores, exact.image_scores, rtol=1e-5)
     assert torch.allclose(served.anomaly_maps, exact.anomaly_maps, rtol=1e-5, atol=1e-5)
 

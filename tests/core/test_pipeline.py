@@ -52,6 +52,19 @@ def test_eval_reproduces_training_metrics(trained, obvious_root, tmp_path) -> No
     assert json.loads((tmp_path / "metrics.json").read_text())[names.IMAGE_AUROC] == metrics[names.IMAGE_AUROC]
 
 
+def test_eval_closes_its_loggers(trained, tmp_path, monkeypatch) -> None:
+    """eval finishes its loggers as train does (a W&B run per job, files flushed)."""
+    from fapm.pipeline import evaluate as evaluate_module
+
+    closed: list[list] = []
+    monkeypatch.setattr(evaluate_module, "close_loggers", lambda loggers, failed=False: closed.append(list(loggers)))
+    _, out = trained
+    cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "logger=csv",
+                                  "trainer.accelerator=cpu"], tmp_path)
+    evaluate(cfg)
+    assert len(closed) == 1 and [type(x).__name__ for x in closed[0]] == ["CSVLogger"]
+
+
 def test_cli_overrides_and_multirun_outputs_apart(obvious_root, tmp_path) -> None:
     # a second category so that the multirun has two jobs
     from tests.conftest import make_obvious_category

@@ -25,6 +25,8 @@ def separated(regions: int = 6, clusters: int = 12, per: int = 5, dims: int = 8,
 
 def coreset(**kwargs) -> AdaptiveCoreset:
     sampler = GreedyKCenter(projection_dim=kwargs.pop("projection_dim", None), chunk_mb=kwargs.pop("chunk_mb", 8.0))
+    # these tests pin the absolute rule (d_imax > d_th); the constructor's default is the quantile rule
+    kwargs.setdefault("threshold_mode", "absolute")
     return AdaptiveCoreset(sampler=sampler, distance_scale="per_channel", **kwargs)
 
 

@@ -175,7 +175,8 @@ def test_truncated_file_raises_data_error(tmp_path: Path) -> None:
 def test_missing_file_raises_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nothere\.png"):
         load_rgb(tmp_path / "nothere.png")
-    assert issubclass(DataError, ValueError)
+    with pytest.raises(ValueError, match=r"nothere\.png"):  # callers that catch bad input as ValueError get it
+        load_rgb(tmp_path / "nothere.png")
 
 
 def test_read_size_and_list_images(tmp_path: Path) -> None:
@@ -205,8 +206,9 @@ def test_one_list_of_formats_webp_in_gif_out(tmp_path: Path) -> None:
 def test_check_size_limits() -> None:
     from fapm.data.image_io import MIN_SIDE, check_size
 
-    assert MIN_SIDE == 16
-    check_size(16, 300, "ok.png")
+    check_size(MIN_SIDE, 300, "ok.png")  # the smallest side accepted ...
+    with pytest.raises(DataError, match=r"edge\.png.*too small"):
+        check_size(MIN_SIDE - 1, 300, "edge.png")  # ... and one pixel less is refused
     with pytest.raises(DataError, match=r"tiny\.png.*1x1 pixels is too small"):
         check_size(1, 1, "tiny.png")
     with pytest.raises(DataError, match="exceeds the limit of 100 pixels"):

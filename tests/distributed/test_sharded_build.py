@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fapm.builders import build_memory_detector
+from fapm.lightning.sharded_build import ShardedBuild
 from fapm.models.detector import MemoryDetector
 from fapm.pipeline.common import validated_settings
 from tests.conftest import compose_config
@@ -60,6 +61,7 @@ def _worker(rank: int, port: int, tmp: str, images: int) -> None:
             detector = _detector(overrides, Path(tmp) / f"cfg{rank}")
             features = _features(detector, images)
             lo, hi = (0, 4) if rank == 0 else (4, images)  # uneven contiguous shards, as the sampler gives
+            detector.reset_fit(strategy=ShardedBuild())  # what MemoryBankModule passes under DDP
             detector.add_features([f[lo:hi] for f in features])
             detector.build()
             if rank == 1:  # rank 1's copy: every rank must end with the whole memory

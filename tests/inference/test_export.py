@@ -73,7 +73,7 @@ def test_load_exported_helper(exported) -> None:
 def test_patchcore_support_set_exports(model_path: Path, tmp_path: Path) -> None:
     """PatchCore's support-set score is vectorised (no per-image Python ints), so it traces."""
     model = FAPM.load(model_path)
-    model.detector.image_score = PatchCoreWeightedScore(num_neighbors=3)
+    model.detector.scorer.image_score = PatchCoreWeightedScore(num_neighbors=3)
     graph, _ = load_exported(export_torchscript(model, tmp_path / "pc.pt"))
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     mean = torch.tensor(model.preprocess.mean).view(1, 3, 1, 1)
@@ -93,7 +93,7 @@ class _HostScore:
 
 def test_untraceable_scoring_is_refused(model_path: Path, tmp_path: Path) -> None:
     model = FAPM.load(model_path)
-    model.detector.image_score = _HostScore()
+    model.detector.scorer.image_score = _HostScore()
     with pytest.raises(ExportError, match="Python control flow that tracing freezes"):
         export_torchscript(model, tmp_path / "host.pt", check_batches=(1, 3, 4))
     assert not (tmp_path / "host.pt").exists()
@@ -103,9 +103,9 @@ def test_untraceable_scoring_is_refused(model_path: Path, tmp_path: Path) -> Non
 def test_neighbourhood_window_exports(model_path: Path, tmp_path: Path, border: str) -> None:
     """A radius-1 window searched in place traces (with PatchCore's window support set) and equals eager."""
     model = FAPM.load(model_path)
-    model.detector.neighbourhood = 1
-    model.detector.neighbourhood_border = border
-    model.detector.image_score = PatchCoreWeightedScore(num_neighbors=3)
+    model.detector.scorer.neighbourhood = 1
+    model.detector.scorer.neighbourhood_border = border
+    model.detector.scorer.image_score = PatchCoreWeightedScore(num_neighbors=3)
     graph, _ = load_exported(export_torchscript(model, tmp_path / "nbhd.pt"))
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     mean = torch.tensor(model.preprocess.mean).view(1, 3, 1, 1)

@@ -87,14 +87,14 @@ def test_neighbourhood_settings_round_trip(fitted, tmp_path: Path, images: torch
     target = save_model(tmp_path / "nbhd.safetensors", detector, model, backbone, PREPROCESS, facts=detector.facts())
     loaded, file = load_detector(target)
     assert file.model.neighbourhood == 2 and file.model.neighbourhood_border == "shift"
-    assert loaded.neighbourhood == 2 and loaded.neighbourhood_border == "shift"
+    assert loaded.neighbourhood == 2 and loaded.scorer.neighbourhood_border == "shift"
     assert _read_raw(target)[1].keys() == _read_raw(path)[1].keys()
-    detector.neighbourhood, detector.neighbourhood_border = 2, "shift"
+    detector.scorer.neighbourhood, detector.scorer.neighbourhood_border = 2, "shift"
     try:
         with torch.no_grad():
             assert torch.equal(detector(images).image_scores, loaded(images).image_scores)
     finally:
-        detector.neighbourhood, detector.neighbourhood_border = 0, "clip"
+        detector.scorer.neighbourhood, detector.scorer.neighbourhood_border = 0, "clip"
 
 
 def test_alignment_reference_round_trips(tmp_path: Path, images: torch.Tensor) -> None:

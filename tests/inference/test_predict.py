@@ -19,7 +19,7 @@ from PIL import Image
 
 from fapm.inference import FAPM
 from fapm.inference.predict import RESULT_FIELDS, predict_files
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -378,9 +378,14 @@ def test_a_second_run_into_a_folder_in_use_fails_at_once(model: FAPM, demo_image
         holder.wait()
     # The holder died without cleaning up: the OS released its lock, the folder is usable.
     assert predict_files(model, demo_images[0], out, progress=False).scored == 1
-    from fapm.inference.predict import LOCK_FILE
+    # and a finished run leaves the folder's lock free: another process takes it at once
+    import fcntl
 
-    assert LOCK_FILE == lock_file
+    fd = os.open(out / lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------ listing

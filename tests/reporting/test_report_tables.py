@@ -162,7 +162,7 @@ def test_write_report_and_cli(sweep: Path, tmp_path: Path, capsys: pytest.Captur
     assert spec is not None and spec.loader is not None
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    code = cli.main([str(sweep), "--by", "category", "--out", str(tmp_path / "cli")])
+    code = cli.main([str(sweep), "by=category", f"out={tmp_path / 'cli'}"])
     assert code == 1  # some runs failed
     printed = capsys.readouterr().out
     assert "### Per-category results (fapm)" in printed and "| cat11 |" in printed

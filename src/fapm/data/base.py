@@ -168,6 +168,11 @@ class AnomalyDataModule(L.LightningDataModule):
         self.setup()
         return self._dataset(self.train_records)
 
+    def val_dataset(self) -> SampleListDataset:
+        """Dataset of the held-out normal training images (``normal_holdout``; empty when none), after ``setup``."""
+        self.setup()
+        return self._dataset(self.val_records)
+
     def test_dataset(self) -> SampleListDataset:
         """Dataset of the test records (after ``setup``)."""
         self.setup()

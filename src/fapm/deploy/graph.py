@@ -19,13 +19,14 @@ constants of the graph. What differs from the eager detector's search, on purpos
   200 images: ≈ 1 MB per image; PatchCore's one global memory: ≈ 50 MB per image);
 * it ranks by ``‖m‖² − 2 q·m`` (``‖q‖²`` is the same for every item of a query and does
   not change the order) and then recomputes the found neighbours' distances exactly,
-  ``‖q − m‖``, as the eager detector does (:func:`fapm.models.knn.exact_distances`);
+  ``‖q − m‖``, in the same scorer as the eager detector (:class:`fapm.models.scorer.Scorer`);
 * the detector's search backend (``torch`` or ``faiss``) does not matter: the graph's
   search is exact, as both backends are.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -33,11 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fapm.models.detector import MemoryDetector
-from fapm.models.knn import exact_distances
-from fapm.models.neighbourhood import NeighbourhoodPlan, exact_distances_at
-from fapm.models.patch_memory import merge_regions, split_regions
-from fapm.models.scoring import ScoreContext, fuse_streams, gaussian_kernel1d
-from fapm.models.support import StreamSearch, support_distances
+from fapm.models.neighbourhood import NeighbourhoodPlan
+from fapm.models.scoring import gaussian_kernel1d
 
 #: Names of the exported graphs' inputs and outputs.
 INPUT_NAME = "images"
@@ -98,12 +96,37 @@ class BackboneGraph(nn.Module):
         return tuple(self.pool(raw[layer]) for layer in self.layers)
 
 
+class MatmulSearch:
+    """The graph's per-region search (a :class:`~fapm.models.knn.KNNSearch`): one batched matrix
+    product + top-k over ``vectors [R, M, C]`` with ``sq_norms [R, 1, M]`` (+inf on padding).
+
+    It ranks by ``‖m‖² − 2 q·m`` (the query's own norm does not change the order); the returned
+    values only rank: the scorer recomputes the found neighbours' distances exactly.
+    """
+
+    def __init__(self, vectors: Tensor, sq_norms: Tensor) -> None:
+        self.vectors = vectors
+        self.sq_norms = sq_norms
+
+    def fit(self, vectors: Tensor, sq_norms: Tensor) -> None:
+        self.vectors, self.sq_norms = vectors, sq_norms.unsqueeze(1)
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        # -2 goes on the (small) queries, not on the [R, Q, M] block
+        rank = torch.matmul(queries * -2.0, self.vectors.transpose(1, 2)) + self.sq_norms
+        values, indices = torch.topk(rank, k, dim=2, largest=False, sorted=False)
+        return values, indices
+
+
 class HeadGraph(nn.Module):
     """Pooled layer maps → ``(image scores [B], anomaly maps [B, S, S], labels [B] bool)``.
 
+    The detector's own scorer (:class:`~fapm.models.scorer.Scorer`) runs the path; the graph
+    only injects its search (:class:`MatmulSearch` on the memories as buffers) and its map
+    (resize + blur as two matrix products, :func:`map_operator`).
+
     Args:
-        detector: the fitted detector (streams, memories, fusion weights, map and score
-            settings; its searches are built on the first call if needed).
+        detector: the fitted detector (streams, memories, scoring settings).
         size: ``(S, S)`` the input image size (the map's size).
         image_threshold: label threshold (``label = score >= threshold``); ``None`` = +inf,
             i.e. every label False (no threshold stored).
@@ -111,21 +134,17 @@ class HeadGraph(nn.Module):
 
     def __init__(self, detector: MemoryDetector, size: tuple[int, int], image_threshold: float | None) -> None:
         super().__init__()
-        detector._ensure_search()  # k capped by the smallest memory, read once here
+        self.k, self.k_max = detector.search_limits()  # k capped by the smallest memory, read once here
         self.streams = detector.streams
+        self.scorer = copy.copy(detector.scorer)
         self.grid = detector.grid
-        self.k = int(detector._k_eff)
-        self.k_max = int(detector._k_max)
-        self.layer_weights = list(detector.layer_weights)
-        self.image_score = detector.image_score
-        self.map_upsample = detector.map_upsample
-        self.blur_sigma = float(detector.blur_sigma)
         self.size = (int(size[0]), int(size[1]))
         self.n_streams = len(detector.memories)
         # the fused map's grid is the finest stream's: one dummy pass of the streams finds it
         finest = self._fused_grid(detector)
-        self.register_buffer("map_rows", map_operator(finest[0], self.size[0], self.blur_sigma, self.map_upsample).float())
-        self.register_buffer("map_cols_t", map_operator(finest[1], self.size[1], self.blur_sigma, self.map_upsample).float().t().contiguous())
+        sigma, mode = self.scorer.blur_sigma, self.scorer.map_upsample
+        self.register_buffer("map_rows", map_operator(finest[0], self.size[0], sigma, mode).float())
+        self.register_buffer("map_cols_t", map_operator(finest[1], self.size[1], sigma, mode).float().t().contiguous())
         for i, memory in enumerate(detector.memories):
             vectors, norms = memory.searchable()  # as stored: a neighbourhood is searched in place
             self.register_buffer(f"vectors{i}", vectors.detach().float().contiguous())  # [R, M, C]
@@ -152,51 +171,24 @@ class HeadGraph(nn.Module):
         """``(vectors [R, M, C], sq_norms [R, 1, M])`` of stream ``i``."""
         return getattr(self, f"vectors{i}"), getattr(self, f"norms{i}")
 
-    def search(self, stream: Tensor, i: int) -> StreamSearch:
-        """One stream's per-region exact k-NN as a batched matrix product + top-k."""
-        vectors, norms = self.memory(i)
-        queries = split_regions(stream, self.grid)  # [R, Q, C]
-        plan = self.plan()
-        # a neighbourhood: memory j is searched by the stacked queries of the regions whose
-        # window holds it ([R, D·Q, C]), then each region keeps its window's k best
-        searched = queries if plan is None else plan.stack_queries(queries)
-        # rank by ‖m‖² − 2 q·m; -2 goes on the (small) queries, not on the [R, Q, M] block
-        rank = torch.matmul(searched * -2.0, vectors.transpose(1, 2)) + norms
-        if plan is None:
-            found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False).indices
-            # the k found neighbours' distances exactly, ‖q − m‖, sorted (as the eager detector)
-            dist, idx = exact_distances(queries, vectors, found)
-        else:
-            values, found = torch.topk(rank, self.k, dim=2, largest=False, sorted=False)
-            rows = vectors.shape[1]
-            _, found = plan.merge(values, found, self.k, rows)
-            flat = vectors.reshape(-1, vectors.shape[-1])
-            dist, idx = exact_distances_at(queries, flat, plan.rows(found, rows), found)
-        return StreamSearch(queries, dist, idx, (stream.shape[-2], stream.shape[-1]))
-
     def plan(self) -> NeighbourhoodPlan | None:
         """The neighbourhood's tables (buffers of this module), or None at radius 0."""
         if not self.windowed:
             return None
         return NeighbourhoodPlan(self.nb_table, self.nb_inside, self.nb_sources, self.nb_route)
 
-    def support(self, results: Sequence[StreamSearch], fused: Tensor, pos: Tensor, n: int) -> Tensor:
-        memories = [(v, m.squeeze(1)) for v, m in (self.memory(i) for i in range(self.n_streams))]
-        plan = self.plan()
-        return support_distances(
-            results, memories, self.layer_weights, self.grid, (fused.shape[-2], fused.shape[-1]), pos,
-            min(n, self.k_max), table=None if plan is None else plan.table,
-        )
+    def to_map(self, patch_scores: Tensor, size: tuple[int, int]) -> Tensor:
+        """``[B, h, w]`` → ``[B, S, S]``: the resize and blur as ``A_h · x · A_wᵀ``."""
+        return torch.matmul(torch.matmul(self.map_rows, patch_scores), self.map_cols_t)
 
     def forward(self, *features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch = features[0].shape[0]
         layers = dict(zip((f"l{i}" for i in range(len(features))), features))
-        results = [self.search(stream, i) for i, stream in enumerate(self.streams(layers))]
-        maps = [merge_regions(r.distances, batch, self.grid, r.size) for r in results]
-        fused = fuse_streams(maps, self.layer_weights)
-        scores = self.image_score(ScoreContext(fused, lambda pos, n: self.support(results, fused, pos, n)))
-        anomaly = torch.matmul(torch.matmul(self.map_rows, fused[:, 0]), self.map_cols_t)  # resize + blur
-        return scores, anomaly, ~(scores < self.image_threshold)  # fail closed: a NaN score is defective
+        stored = [self.memory(i) for i in range(self.n_streams)]
+        searches = [MatmulSearch(vectors, norms) for vectors, norms in stored]
+        memories = [(vectors, norms.squeeze(1)) for vectors, norms in stored]
+        out = self.scorer(self.streams(layers), searches, memories, self.size, self.k, self.k_max, self.plan(),
+                          to_map=self.to_map)
+        return out.image_scores, out.anomaly_maps, ~(out.image_scores < self.image_threshold)  # fail closed: a NaN score is defective
 
 
 class ScoringGraph(nn.Module):

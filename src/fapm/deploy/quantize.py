@@ -221,17 +221,15 @@ def _rebuild(
     det: MemoryDetector, runner: BackboneRunner, train_images: Sequence[Tensor], batch_size: int,
     progress: Callable[[Iterable[int]], Iterable[int]] | None,
 ) -> BuildReport:
-    """Collect ``runner``'s features of every training image and build ``det``'s memories."""
+    """Build ``det``'s memories from ``runner``'s features of every training image (its public fit stage)."""
     n = len(train_images)
-    det.reset_fit(expected_images=n)
     starts: Iterable[int] = range(0, n, batch_size)
     if progress is not None:
         starts = progress(starts)
     with torch.inference_mode():
-        for lo in starts:
-            features = runner(_stack(train_images, range(lo, min(n, lo + batch_size))))
-            det.add_features(det.streams(dict(zip(det.extractor.layers, features))))
-        return det.build()
+        batches = (dict(zip(det.extractor.layers, runner(_stack(train_images, range(lo, min(n, lo + batch_size))))))
+                   for lo in starts)
+        return det.fit_features(batches, expected_images=n)
 
 
 def backbone_outputs_equal(a: onnx.ModelProto, b: onnx.ModelProto, images: Tensor, runtime: str = "onnxruntime") -> bool:

@@ -27,7 +27,7 @@ from torch import Tensor
 from fapm.deploy.graph import INPUT_NAME, OUTPUT_NAMES
 from fapm.deploy.info import DeployInfo, read_metadata
 from fapm.deploy.onnx_export import require
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 if TYPE_CHECKING:
     from fapm.models.detector import MemoryDetector
@@ -45,7 +45,7 @@ class NonFiniteInputError(ValueError):
 
 @dataclass
 class DeployOutput(AnomalyOutput):
-    """:class:`~fapm.types.AnomalyOutput` plus ``labels [B]`` (bool, ``score >= image_threshold``)."""
+    """:class:`~fapm.outputs.AnomalyOutput` plus ``labels [B]`` (bool, ``score >= image_threshold``)."""
 
     labels: Tensor | None = None
 
@@ -117,7 +117,7 @@ class Scorer(ABC):
         """Outputs as CPU tensors; labels from ``info.image_threshold`` (which may override the
         threshold stored in the graph, whose own ``labels`` output is for users without this package)."""
         s = torch.from_numpy(np.asarray(scores, dtype=np.float32))
-        return DeployOutput(s, torch.from_numpy(np.asarray(maps, dtype=np.float32)), labels_for(s, self.info.image_threshold))
+        return DeployOutput(s, torch.from_numpy(np.asarray(maps, dtype=np.float32)), labels=labels_for(s, self.info.image_threshold))
 
 
 class TorchScorer(Scorer):
@@ -151,7 +151,7 @@ class TorchScorer(Scorer):
         finally:
             extractor.autocast_dtype = previous
         scores = out.image_scores.float().cpu()
-        return DeployOutput(scores, out.anomaly_maps.float().cpu(), labels_for(scores, self.info.image_threshold))
+        return DeployOutput(scores, out.anomaly_maps.float().cpu(), labels=labels_for(scores, self.info.image_threshold))
 
     def _score_rgb(self, images: Tensor) -> DeployOutput:
         return self._run((images - self._mean) / self._std)

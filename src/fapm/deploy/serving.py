@@ -26,7 +26,7 @@ from fapm.fileio import replace_atomically
 
 if TYPE_CHECKING:
     from fapm.deploy.runtimes import Scorer
-    from fapm.inference.api import FAPM
+    from fapm.inference.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FAPM_CACHE") or Path.home() / ".cache" / "fapm").expanduser()
 
 
-def _key(model: FAPM, info: DeployInfo) -> str:
+def _key(model: LoadedModel, info: DeployInfo) -> str:
     text = json.dumps(
         {"checksum": model.file.checksum, "info": info.to_json(), "fapm": __version__, "torch": str(torch.__version__)},
         sort_keys=True,
@@ -53,7 +53,7 @@ def _key(model: FAPM, info: DeployInfo) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _check_exportable(model: FAPM) -> None:
+def _check_exportable(model: LoadedModel) -> None:
     from fapm.models.detector import MemoryDetector
 
     if not isinstance(model.detector, MemoryDetector):
@@ -63,7 +63,7 @@ def _check_exportable(model: FAPM) -> None:
         )
 
 
-def cached_onnx(model: FAPM) -> tuple[Path, bool]:
+def cached_onnx(model: LoadedModel) -> tuple[Path, bool]:
     """The ONNX graph of ``model`` (exported once, then reused from :func:`cache_dir`) and whether
     it was verified with the signing key.
 
@@ -91,7 +91,7 @@ def cached_onnx(model: FAPM) -> tuple[Path, bool]:
     return target, digest.verify(target, model.file.checksum)
 
 
-def scorer_for(model: FAPM, engine: str, precision: str = "f32", threads: int | None = None) -> Scorer:
+def scorer_for(model: LoadedModel, engine: str, precision: str = "f32", threads: int | None = None) -> Scorer:
     """A scorer of ``model`` in ``engine`` (``onnxruntime`` or ``openvino``), on the CPU."""
     from fapm.deploy.runtimes import make_scorer
 
@@ -114,7 +114,7 @@ def scorer_for(model: FAPM, engine: str, precision: str = "f32", threads: int | 
 
 
 # ------------------------------------------------------------------------------------ export
-def export_model(model: FAPM, out: Path, fmt: str, precision: str = "fp32", calibration_images: int = 64,
+def export_model(model: LoadedModel, out: Path, fmt: str, precision: str = "fp32", calibration_images: int = 64,
                  seed: int = 0) -> Path:
     """Write ``model``'s whole scoring path as ``fmt`` (``onnx`` or ``openvino``) to ``out``.
 
@@ -149,7 +149,7 @@ def export_model(model: FAPM, out: Path, fmt: str, precision: str = "fp32", cali
     return out
 
 
-def _export_int8(model: FAPM, path: Path, info: DeployInfo, calibration_images: int, seed: int) -> None:
+def _export_int8(model: LoadedModel, path: Path, info: DeployInfo, calibration_images: int, seed: int) -> None:
     from fapm.builders import build_datamodule
     from fapm.deploy.quantize import build_int8
     from fapm.deploy.runtimes import make_scorer
@@ -169,7 +169,7 @@ def _export_int8(model: FAPM, path: Path, info: DeployInfo, calibration_images: 
     built = build_int8(model.detector.cpu().eval(), train, info, path, calibration_images=calibration_images, seed=seed)
     if datamodule.val_records:  # thresholds of the INT8 scores, from the same held-out normal images
         scorer = make_scorer("openvino", path=path, info=built.info)
-        held = torch.stack(rgb(datamodule._dataset(datamodule.val_records)))
+        held = torch.stack(rgb(datamodule.val_dataset()))
         out = scorer.score_rgb(held)
         q = model.thresholds
         decided = normal_thresholds(out.image_scores, out.anomaly_maps, q.image_q or 0.995, q.pixel_q or 0.995)

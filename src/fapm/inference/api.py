@@ -33,7 +33,7 @@ from fapm.inference.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageInp
 from fapm.inference.thresholds import Thresholds
 from fapm.model_file import ModelFile, load_detector, save_model
 from fapm.models.cuda_graph import GraphCache
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 
 @dataclass

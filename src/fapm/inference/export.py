@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from fapm import __version__
 
 if TYPE_CHECKING:
-    from fapm.inference.api import FAPM
+    from fapm.inference.loaded import LoadedModel
 
 EXPORT_FORMAT = "fapm-torchscript"
 EXPORT_VERSION = 1
@@ -65,7 +65,7 @@ class ScoringGraph(nn.Module):
         return output.image_scores, output.anomaly_maps
 
 
-def export_metadata(model: FAPM) -> dict[str, Any]:
+def export_metadata(model: LoadedModel) -> dict[str, Any]:
     """What a user of the exported graph needs besides the graph (stored as ``fapm.json``)."""
     side = model.preprocess.output_size
     return {
@@ -102,7 +102,7 @@ def _check(traced: nn.Module, eager: nn.Module, inputs: Tensor, atol: float) -> 
 
 
 def export_torchscript(
-    model: FAPM, path: str | Path, trace_batch: int = 2, check_batches: Sequence[int] = (1, 3), atol: float = 1e-4,
+    model: LoadedModel, path: str | Path, trace_batch: int = 2, check_batches: Sequence[int] = (1, 3), atol: float = 1e-4,
     seed: int = 0,
 ) -> Path:
     """Trace ``model``'s scoring path and save it with its metadata.

@@ -35,7 +35,7 @@ from fapm.errors import FapmError
 from fapm.data.sampling import drop_padding
 from fapm.distributed import all_gather_rows
 from fapm.metrics import names
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 LEVELS = ("image", "pixel")
 CHOICES = ("auto", "quantile", "f1")

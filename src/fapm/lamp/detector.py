@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from fapm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fapm.lamp.autoencoder import ConvAutoencoder
 from fapm.models.scoring import gaussian_blur
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 
 class LampDetector(nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 from fapm.data.sampling import drop_padding
 from fapm.distributed import broadcast_object, gather_objects, world
 from fapm.metrics import AnomalyMetrics
-from fapm.types import AnomalyOutput
+from fapm.outputs import AnomalyOutput
 
 
 class AnomalyModule(L.LightningModule):
@@ -46,6 +46,8 @@ class AnomalyModule(L.LightningModule):
         self._batch_seconds: list[float] = []
         self._batch_sizes: list[int] = []
         self._seen_batches = 0
+        #: test images that test-time alignment warped / scored unwarped (from the outputs' ``aligned``)
+        self.alignment_counts = {"aligned": 0, "fallback": 0}
 
     # ------------------------------------------------------------------ scoring
     def forward(self, images: Tensor) -> AnomalyOutput:
@@ -82,6 +84,10 @@ class AnomalyModule(L.LightningModule):
             self._batch_seconds.append(seconds)
             self._batch_sizes.append(images.shape[0])
         self._seen_batches += 1
+        if output.aligned is not None:
+            warped = int(output.aligned.sum())
+            self.alignment_counts["aligned"] += warped
+            self.alignment_counts["fallback"] += int(output.aligned.numel()) - warped
         masks = batch.get("mask")
         has_mask = batch.get("has_mask")
         if masks is not None and has_mask is not None and not bool(torch.as_tensor(has_mask).all()):
@@ -137,4 +143,6 @@ class AnomalyModule(L.LightningModule):
     def facts(self) -> dict[str, Any]:
         """Model facts for ``metrics.json`` and the run summary (the detector's, plus the name)."""
         facts = self.detector.facts() if hasattr(self.detector, "facts") else {}
+        if "align" in facts:  # the detector says what alignment is; the test loop counted what it did
+            facts["align"] = {**facts["align"], **self.alignment_counts}
         return {"model": self.name, **facts}

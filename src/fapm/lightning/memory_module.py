@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fapm.data.sampling import drop_padding
 from fapm.distributed import world
 from fapm.lightning.base import AnomalyModule
+from fapm.lightning.sharded_build import ShardedBuild
 from fapm.models.build_report import BuildReport
 from fapm.models.detector import MemoryDetector
 from fapm.settings import ConfigError
@@ -42,7 +43,9 @@ class MemoryBankModule(AnomalyModule):
         return None
 
     def on_train_epoch_start(self) -> None:
-        self.detector.reset_fit(expected_images=self._training_images())
+        # the build strategy is this layer's choice: the plain-torch detector knows nothing of processes
+        strategy = ShardedBuild() if world()[1] > 1 else None
+        self.detector.reset_fit(expected_images=self._training_images(), strategy=strategy)
 
     def _training_images(self) -> int | None:
         """Number of images this process's fit epoch will see (for one preallocated feature buffer)."""

@@ -130,7 +130,7 @@ class AdaptiveCoreset:
         d_th: float = 0.5,
         factor: float = 2.0,
         distance_scale: DistanceScale = "raw",
-        threshold_mode: ThresholdMode = "absolute",
+        threshold_mode: ThresholdMode = "quantile",
         with_cluster_spread: bool = True,
         memory_cap: int | None = None,
     ) -> None:

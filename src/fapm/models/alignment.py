@@ -20,8 +20,8 @@ Confidence: the peak-to-sidelobe ratio (PSR) of the last phase correlation, ``(p
 mean) / std`` of the correlation surface outside an 11×11 window around the peak. A shifted
 copy of the reference gives a PSR in the tens to hundreds; an image with no relation to it
 (or no structure, like a plain texture) gives a few. Images below ``min_confidence`` are not
-warped: the detector scores them with the neighbourhood search instead, counts them and
-warns (:class:`~fapm.models.detector.MemoryDetector`).
+warped: the detector scores them with the neighbourhood search instead, says which and
+warns (:func:`fapm.models.aligned.score_aligned`).
 
 Transforms are affine ``theta [B, 2, 3]`` in the normalised coordinates of
 :func:`torch.nn.functional.affine_grid` (``align_corners=False``): ``aligned(u) =
@@ -42,6 +42,8 @@ AlignMode = Literal["none", "translation", "similarity", "auto"]
 ALIGN_MODES: tuple[str, ...] = ("none", "translation", "similarity", "auto")
 #: What ``auto`` (or a fixed mode) resolves to, stored in model files as a code.
 CHOICES: tuple[str, ...] = ("plain", "neighbourhood", "translation", "similarity")
+#: PSR below which an image is not warped (``model.align_min_confidence``'s default).
+DEFAULT_MIN_CONFIDENCE = 10.0
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -316,7 +318,7 @@ class Aligner(nn.Module):
     choice: Tensor
     radius: Tensor
 
-    def __init__(self, mode: str, resolution: int = 128, min_confidence: float = 8.0, fallback_radius: int = 1) -> None:
+    def __init__(self, mode: str, resolution: int = 128, min_confidence: float = DEFAULT_MIN_CONFIDENCE, fallback_radius: int = 1) -> None:
         super().__init__()
         if mode not in ALIGN_MODES or mode == "none":
             raise ValueError(f"model.align must be one of {ALIGN_MODES[1:]} for an Aligner, got {mode!r}")
@@ -328,7 +330,6 @@ class Aligner(nn.Module):
         initial = CHOICES.index(mode) if mode in CHOICES else 0
         self.register_buffer("choice", torch.tensor(initial, dtype=torch.long))
         self.register_buffer("radius", torch.tensor(self.fallback_radius, dtype=torch.long))
-        self.counts = {"aligned": 0, "fallback": 0}
 
     def check_input_size(self, size: tuple[int, int]) -> None:
         """Refuse inputs smaller than the thumbnails (they would be upsampled; see :class:`AlignmentProbe`)."""

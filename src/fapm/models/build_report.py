@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from fapm.models.patch_memory import PatchMemory
+
+
+def memory_facts(stream_names: Sequence[str], memories: Sequence[PatchMemory]) -> dict[str, Any]:
+    """Per stream: every region's memory size, how many regions were enlarged, every ``d_imax``."""
+    named = list(zip(stream_names, memories))
+    return {
+        "memory_sizes": {n: m.sizes() for n, m in named},
+        "enlarged_regions": {n: int(m.enlarged.sum()) for n, m in named},
+        "d_max": {n: [round(float(v), 6) for v in m.d_max.tolist()] for n, m in named},
+    }
 
 
 @dataclass

@@ -208,6 +208,12 @@ class FaissKNN:
             index = faiss.index_cpu_to_gpu(gpu_resources(self.temp_memory_mb), self._index_device.index or 0, index)
         return index
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Visit ``nprobe`` IVF cells per query from now on (every fitted index; no refit)."""
+        self.nprobe = int(nprobe)
+        for index in self._indexes:
+            self._set_search_parameters(index)
+
     def _set_search_parameters(self, index: Any) -> None:
         faiss = faiss_module()
         space = faiss.GpuParameterSpace() if self._on_gpu else faiss.ParameterSpace()

@@ -27,6 +27,7 @@ from fapm.pipeline.common import (
     write_metrics,
 )
 from fapm.settings import ConfigError, DataSettings, check_data_memory, parse_data
+from fapm.tracking import close_loggers
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("test")
     module = AnomalyModule(detector, name=file.model.name, timing_warmup=getattr(file.model, "timing_warmup", 2))
     module.thresholds = Thresholds.from_dict(file.thresholds)
-    trainer, _ = build_trainer(cfg)
-    with summarised_image_warnings(detector, "test"):
-        trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+    trainer, loggers = build_trainer(cfg)
+    try:
+        with summarised_image_warnings(detector, "test"):
+            trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    close_loggers(loggers)  # flushed and finished (a W&B run per job), as train does
     metrics: dict[str, Any] = {"category": getattr(datamodule, "category", None)}
     metrics.update(module.facts())
     metrics["model_file"] = str(cfg.ckpt_path)
