@@ -1,7 +1,7 @@
 """Cheap accuracy levers on one fitted memory: flip test-time augmentation, k, the map blur, and a
 per-region z-score of the distances calibrated on held-out normal images.
 
-    python benchmarks/levers.py --out benchmarks/results/levers_mtd.json \\
+    python -m benchmarks.levers --out benchmarks/results/levers_mtd.json \\
         data.image_size=320 model.grid=10
 
 The run is composed like ``fapm train`` (``conf/train.yaml``, ``data=mtd`` by default, the
@@ -35,11 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
 from fapm.builders import build_datamodule, build_memory_detector
-from fapm.conf import CONFIG_DIR
+from fapm.conf import compose
 from fapm.metrics import AnomalyMetrics, names
 from fapm.models.patch_memory import region_layout
 from fapm.models.scoring import anomaly_map
@@ -47,12 +44,6 @@ from fapm.pipeline.common import validated_settings
 
 REPO = Path(__file__).resolve().parents[1]
 FLIPS: list[tuple[int, ...]] = [(), (-1,), (-2,), (-2, -1)]  # none, horizontal, vertical, both
-
-
-def compose_run(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp", *overrides])
 
 
 def flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -65,7 +56,7 @@ def nearest_maps(det, images: torch.Tensor, flips: list[tuple[int, ...]]) -> lis
     out = []
     for dims in flips:
         results = det.nearest(det.extract(flip(images, dims)))
-        out.append(flip(det.fuse(results, images.shape[0]), dims))
+        out.append(flip(det.scorer.fuse(results, images.shape[0]), dims))
     return out
 
 
@@ -102,7 +93,7 @@ def main() -> None:
     args = p.parse_args()
     overrides = [f"data={args.data}", f"data.normal_holdout={args.holdout}", "data.eval_batch_size=8",
                  *args.overrides]
-    settings = validated_settings(compose_run(overrides))
+    settings = validated_settings(compose(["paths.output_dir=/tmp", *overrides]))
     dm = build_datamodule(settings.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -154,7 +145,7 @@ def main() -> None:
     types = sorted({t for r in rows.values() for t in r["image_auroc_per_type"]})
     table = {
         "title": f"Accuracy levers on one FAPM memory ({' '.join(args.overrides) or 'data config defaults'})",
-        "command": "python benchmarks/levers.py " + " ".join(args.overrides)
+        "command": "python -m benchmarks.levers " + " ".join(args.overrides)
         + f" --data {args.data} --holdout {args.holdout} --ks {args.ks} --sigmas {args.sigmas} --out {args.out}",
         "date": _dt.date.today().isoformat(),
         "machine": "2-core x86-64 CPU, no GPU",

@@ -6,7 +6,7 @@ with the overrides given; the runner reads its ``metrics.json`` and the process'
 renders it) plus every run's raw metrics.
 
     # input size x grid density on the magnetic tiles, all 728 training images
-    python benchmarks/resolution.py --out benchmarks/results/resolution_mtd.json \\
+    python -m benchmarks.resolution --out benchmarks/results/resolution_mtd.json \\
         --setting "224 g7=data.image_size=224 model.grid=7" \\
         --setting "448 g14=data.image_size=448 model.grid=14"
 
@@ -119,7 +119,7 @@ def main() -> None:
               f"{_pct(r['metrics'].get('image_auroc'))}", file=sys.stderr, flush=True)
         data["table"] = {
             "title": args.title,
-            "command": "python benchmarks/resolution.py " + " ".join(
+            "command": "python -m benchmarks.resolution " + " ".join(
                 f"--setting '{k}={' '.join(v['overrides'])}'" for k, v in data["runs"].items())
             + (f" --base '{args.base}'" if args.base else "") + f" --data {args.data} --out {args.out}",
             "date": _dt.date.today().isoformat(),

@@ -135,7 +135,7 @@ class ImageVisualizer(L.Callback):
     def _score(self, pl_module: L.LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
         scores, maps = [], []
         for chunk in images.split(self.batch_size):
-            output = pl_module(chunk.to(pl_module.device))
+            output = pl_module.detector(chunk.to(pl_module.device))  # figures only: not counted as scored images
             scores.append(output.image_scores.detach().to("cpu", torch.float32))
             maps.append(output.anomaly_maps.detach().to("cpu", torch.float32).reshape(chunk.shape[0], *chunk.shape[-2:]))
         return torch.cat(scores), torch.cat(maps)

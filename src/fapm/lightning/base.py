@@ -46,13 +46,19 @@ class AnomalyModule(L.LightningModule):
         self._batch_seconds: list[float] = []
         self._batch_sizes: list[int] = []
         self._seen_batches = 0
-        #: test images that test-time alignment warped / scored unwarped (from the outputs' ``aligned``)
+        #: images that test-time alignment warped / scored unwarped (from the outputs' ``aligned``)
         self.alignment_counts = {"aligned": 0, "fallback": 0}
 
     # ------------------------------------------------------------------ scoring
     def forward(self, images: Tensor) -> AnomalyOutput:
-        """Score ``images [B, 3, H, W]`` → :class:`AnomalyOutput`."""
-        return self.detector(images)
+        """Score ``images [B, 3, H, W]`` → :class:`AnomalyOutput`; counts what alignment did with them
+        (every image the pipeline scores: held-out normals and test images)."""
+        output = self.detector(images)
+        if output.aligned is not None:
+            warped = int(output.aligned.sum())
+            self.alignment_counts["aligned"] += warped
+            self.alignment_counts["fallback"] += int(output.aligned.numel()) - warped
+        return output
 
     def _timed_forward(self, images: Tensor) -> tuple[AnomalyOutput, float]:
         """Run ``forward`` and return its wall time; CUDA work is synchronised around it."""
@@ -84,10 +90,6 @@ class AnomalyModule(L.LightningModule):
             self._batch_seconds.append(seconds)
             self._batch_sizes.append(images.shape[0])
         self._seen_batches += 1
-        if output.aligned is not None:
-            warped = int(output.aligned.sum())
-            self.alignment_counts["aligned"] += warped
-            self.alignment_counts["fallback"] += int(output.aligned.numel()) - warped
         masks = batch.get("mask")
         has_mask = batch.get("has_mask")
         if masks is not None and has_mask is not None and not bool(torch.as_tensor(has_mask).all()):

@@ -114,26 +114,29 @@ def check_backbone_name(name: str, library: str) -> None:
 
 
 @contextlib.contextmanager
-def summarised_image_warnings(detector: Any, images: str) -> Iterator[None]:
+def summarised_image_warnings(module: Any, images: str) -> Iterator[None]:
     """One warning with its count for a condition met image by image, instead of one per batch.
 
     The detector warns per batch when test images fall back from alignment to the
-    neighbourhood search (:class:`~fapm.models.detector.AlignmentFallbackWarning`); Python's
+    neighbourhood search (:class:`~fapm.models.aligned.AlignmentFallbackWarning`); Python's
     warning filter then shows some of those lines and drops the rest. Inside this block they
-    are silenced, and the count the detector keeps (``aligner.counts``) is reported once.
+    are silenced, and the count the module keeps of what it scored (``module.alignment_counts``)
+    is reported once.
     """
-    from fapm.models.detector import AlignmentFallbackWarning
+    from fapm.models.aligned import AlignmentFallbackWarning
 
+    detector = getattr(module, "detector", None)
     aligner = getattr(detector, "aligner", None)
-    before = dict(aligner.counts) if aligner is not None else {}
+    counts = getattr(module, "alignment_counts", None)
+    before = dict(counts) if counts is not None else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AlignmentFallbackWarning)
         try:
             yield
         finally:
-            if aligner is not None:
-                fell = aligner.counts["fallback"] - before.get("fallback", 0)
-                scored = fell + aligner.counts["aligned"] - before.get("aligned", 0)
+            if aligner is not None and counts is not None:
+                fell = counts["fallback"] - before.get("fallback", 0)
+                scored = fell + counts["aligned"] - before.get("aligned", 0)
                 if fell:
                     log.warning(
                         "model.align=%s: %d of %d %s images did not register confidently (PSR < "

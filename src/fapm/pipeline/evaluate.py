@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.thresholds = Thresholds.from_dict(file.thresholds)
     trainer, loggers = build_trainer(cfg)
     try:
-        with summarised_image_warnings(detector, "test"):
+        with summarised_image_warnings(module, "test"):
             trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
     except BaseException:
         close_loggers(loggers, failed=True)

@@ -173,7 +173,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
     progress.stage = "save"
     save(Thresholds())  # the fit is never lost, whatever happens next
     progress.stage = "thresholds"
-    with summarised_image_warnings(module.detector, "held-out normal"):
+    with summarised_image_warnings(module, "held-out normal"):
         thresholds = holdout_thresholds(
             module, datamodule, settings.thresholds.image_quantile, settings.thresholds.pixel_quantile,
             progress=writer and trainer.progress_bar_callback is not None,
@@ -200,7 +200,7 @@ def _fit_and_test(cfg: DictConfig, out: Path, loggers: list[Any], progress: _Pro
                 })
 
         trainer.callbacks.insert(0, _BeforeFigures(test_metrics_first))  # before the figure callbacks
-        with summarised_image_warnings(module.detector, "test"):
+        with summarised_image_warnings(module, "test"):
             trainer.test(module, datamodule=datamodule, verbose=False)  # the summary below prints the results
         metrics.update(module.test_results)
         thresholds = thresholds.with_test_results(module.test_results)
