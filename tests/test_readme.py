@@ -100,8 +100,8 @@ def check(line: str, tmp_path: Path) -> None:
         parsed = cli.parse_export_args(args)
         assert parsed["model"].name == "model.safetensors" and parsed["format"] in cli.EXPORT_FORMATS
     elif command == "report":
-        parsed = cli.report_parser().parse_args(args)
-        assert parsed.runs
+        parsed = cli.parse_report_args(args)
+        assert parsed["runs"]
     else:
         pytest.fail(f"README command {line!r}: unknown fapm command {command!r}")
 

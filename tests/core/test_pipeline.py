@@ -52,7 +52,7 @@ def test_eval_reproduces_training_metrics(trained, obvious_root, tmp_path) -> No
     assert json.loads((tmp_path / "metrics.json").read_text())[names.IMAGE_AUROC] == metrics[names.IMAGE_AUROC]
 
 
-def test_eval_closes_its_loggers(trained, tmp_path, monkeypatch) -> None:
+def test_eval_closes_its_loggers(trained, obvious_root, tmp_path, monkeypatch) -> None:
     """eval finishes its loggers as train does (a W&B run per job, files flushed)."""
     from fapm.pipeline import evaluate as evaluate_module
 
@@ -60,7 +60,7 @@ def test_eval_closes_its_loggers(trained, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(evaluate_module, "close_loggers", lambda loggers, failed=False: closed.append(list(loggers)))
     _, out = trained
     cfg = compose_config("eval", [f"ckpt_path={out / 'model.safetensors'}", "callbacks=none", "logger=csv",
-                                  "trainer.accelerator=cpu"], tmp_path)
+                                  "trainer.accelerator=cpu", f"data_root={obvious_root}"], tmp_path)
     evaluate(cfg)
     assert len(closed) == 1 and [type(x).__name__ for x in closed[0]] == ["CSVLogger"]
 

@@ -30,6 +30,9 @@ def _run(root: Path, out: Path, model: str, extra: list[str], env: dict | None =
         "data.eval_batch_size=2",
         "data.normal_holdout=0.25",
         "model.image_score=max" if model == "fapm" else "model.k=1",
+        # one thread, as each of ddp_cpu's two processes on 2 cores: the same float kernels and
+        # reduction order on both sides, so the comparison below can be bit for bit
+        "runtime.threads=1",
         f"hydra.run.dir={out}",
         f"paths.log_dir={out.parent / 'logs'}",
         *extra,
