@@ -343,6 +343,17 @@ class SearchSettings(Settings):
     auto_min_vectors_cuda: int = setting(1_000_000, ge=1, doc="auto: the same rule on CUDA")
 
 
+@dataclass(frozen=True)
+class CoresetSettings(Settings):
+    """``model.coreset``: how the greedy k-center selection runs (configs in ``conf/model/coreset/``)."""
+
+    strategy: Literal["greedy", "composable"] = setting(
+        "greedy", doc="greedy (exact) | composable (greedy per shard, then over the union of their picks)"
+    )
+    shards: int = setting(16, ge=1, doc="composable: contiguous blocks of each memory's candidates")
+    oversample: float = setting(1.0, ge=1.0, doc="composable: all shards' picks as a multiple of the coreset size")
+
+
 def _grid_check(value: tuple[int, int]) -> str | None:
     return None if all(v >= 1 for v in value) else f"needs two positive integers (rows, columns), got {list(value)}"
 
@@ -374,6 +385,7 @@ class MemorySettings(Settings):
     align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
     align_fallback_neighbourhood: int = setting(1, ge=0, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
+    coreset: CoresetSettings = CoresetSettings()
     # max: measured best with ImageNet features (docs/readme/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, doc="support-set size of the patchcore image score")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -110,6 +111,9 @@ def as_compute(x: Tensor, device: torch.device) -> Tensor:
 class GreedyKCenter:
     """Seeded greedy k-center selection over ``[R, N, C]`` memories.
 
+    ``composable`` (class attribute): whether the selection composes from shards of the candidates
+    (:class:`ComposableKCenter`), so DDP ranks can each select from their own images.
+
     Features may be stored narrower (float16/bfloat16) or elsewhere (pinned host memory)
     than where the selection runs: each chunk of regions is cast to float32 on the
     compute device as it is processed, so the working set is one chunk.
@@ -121,6 +125,8 @@ class GreedyKCenter:
         device_chunk_mb: CUDA budget (MiB of float32) per streamed chunk when the features
             are not float32 on the device (0 = a quarter of the free device memory).
     """
+
+    composable = False
 
     def __init__(
         self, projection_dim: int | None = None, chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0
@@ -155,6 +161,7 @@ class GreedyKCenter:
         regions: slice | Tensor | None = None,
         total: int | None = None,
         device: torch.device | str | None = None,
+        statistics: bool = True,
     ) -> KCenterState:
         """Run greedy k-center to ``k`` centres in every memory of ``features [R, N, C]``.
 
@@ -166,6 +173,8 @@ class GreedyKCenter:
 
         Args:
             device: where distances are computed (default: the features' device).
+            statistics: whether the caller reads the state's distances (a greedy run has them
+                anyway; approximate samplers skip computing them when False).
         """
         r, n, _ = features.shape
         if not 1 <= k <= n:
@@ -318,3 +327,190 @@ def mean_sq_norm(features: Tensor, device: torch.device | None = None, chunk: in
         part = as_compute(features[:, lo : lo + chunk], dev)
         total += (part * part).sum(-1).sum(-1)
     return total / max(features.shape[1], 1)
+
+
+# --------------------------------------------------------------------- composable coreset
+def split_sizes(n: int, shards: int) -> list[int]:
+    """Sizes of ``shards`` contiguous blocks of ``n`` candidates (the first ones one larger), as
+    :func:`fapm.distributed.shard_bounds` splits a data set between ranks."""
+    shards = max(1, min(shards, n))
+    q, rem = divmod(n, shards)
+    return [q + 1 if i < rem else q for i in range(shards)]
+
+
+def shard_quotas(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` centres between shards in proportion to their ``sizes`` (largest remainder,
+    ties to the earlier shard), so the quotas add up to ``total`` exactly and none exceeds its shard."""
+    n = sum(sizes)
+    if not 0 <= total <= n:
+        raise ValueError(f"cannot pick {total} centres from {n} candidates")
+    exact = [total * s / n for s in sizes]
+    quotas = [min(s, math.floor(e)) for s, e in zip(sizes, exact)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    left = total - sum(quotas)
+    for i in order:
+        if left == 0:
+            break
+        if quotas[i] < sizes[i]:
+            quotas[i] += 1
+            left -= 1
+    return quotas
+
+
+class ComposableKCenter(GreedyKCenter):
+    """Approximate greedy k-center: greedy on each shard, then greedy over the union of their picks.
+
+    The candidates of a memory are cut into ``shards`` contiguous blocks (images are stored one
+    after the other, so a block is a run of training images, like a DDP rank's share). Shard
+    ``s`` of ``n_s`` candidates runs the greedy rule to its share of ``ceil(oversample · k)``
+    centres (in proportion to ``n_s``); the union of these picks is reduced to ``k`` by the greedy
+    rule again. With ``oversample`` 1 the union already holds ``k`` points and is the result (the
+    union step would select all of them). This is the composable coreset for k-center (each
+    shard's greedy picks cover their shard within twice its optimal radius; the union covers the
+    whole set within the largest of those radii): PatchCore's global greedy costs ``O(k · N)``
+    distance rows, sharded ``O(k · N / shards)`` plus ``O(k² · oversample)`` for the union step,
+    and each shard's working set fits in cache.
+
+    One shard is the exact greedy run: the same draws, the same centres in the same order.
+
+    Args:
+        shards: number of blocks per memory (1 = exact greedy).
+        oversample: picks of all shards together, as a multiple of ``k`` (>= 1).
+        projection_dim, chunk_mb, device_chunk_mb: as :class:`GreedyKCenter`.
+    """
+
+    composable = True
+
+    def __init__(
+        self, shards: int = 16, oversample: float = 1.0, projection_dim: int | None = None,
+        chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0,
+    ) -> None:
+        super().__init__(projection_dim, chunk_mb, device_chunk_mb)
+        if shards < 1:
+            raise ValueError(f"model.coreset.shards must be >= 1, got {shards}")
+        if oversample < 1:
+            raise ValueError(f"model.coreset.oversample must be >= 1, got {oversample}")
+        self.shards = int(shards)
+        self.oversample = float(oversample)
+
+    def select(
+        self,
+        features: Tensor,
+        k: int,
+        generator: torch.Generator,
+        regions: slice | Tensor | None = None,
+        total: int | None = None,
+        device: torch.device | str | None = None,
+        statistics: bool = True,
+    ) -> KCenterState:
+        """Composable selection of ``k`` centres in every memory of ``features [R, N, C]``
+        (arguments as :meth:`GreedyKCenter.select`). With ``statistics`` the state's distances are
+        those of every candidate to its nearest selected centre in the selection space (one chunked
+        pass, so the run can be extended); without, they are empty ``[R, 0]`` tensors."""
+        r, n, _ = features.shape
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be in [1, {n}], got {k}")
+        dev = compute_device(features, device)
+        space = self.project(features, generator, dev)
+        rows = r if total is None else total
+        selected = self.compose(space, split_sizes(n, self.shards), k, generator, rows, regions)
+        if not statistics:
+            empty = torch.empty(r, 0, device=dev)
+            return KCenterState(space, selected, empty, empty.long())
+        nearest, assignment = exact_assignment(space, selected, device=dev)
+        nearest.scatter_(1, selected, -1.0)  # centres are marked as in a greedy run (never picked again)
+        return KCenterState(space, selected, nearest, assignment)
+
+    def compose(
+        self,
+        space: Tensor,
+        sizes: list[int],
+        k: int,
+        generator: torch.Generator,
+        total: int | None = None,
+        regions: slice | Tensor | None = None,
+    ) -> Tensor:
+        """``[R, k]`` indices into ``space [R, N, D]`` (already in the selection space) chosen by
+        greedy on the contiguous shards of ``sizes`` (summing to ``N``), then on their union.
+
+        The start of every shard is drawn at once for the ``total`` memories of a layer (then
+        ``regions`` taken), so one shard draws exactly what :meth:`GreedyKCenter.select` does.
+        """
+        r, n, _ = space.shape
+        if sum(sizes) != n:
+            raise ValueError(f"shard sizes {sizes} do not add up to the {n} candidates")
+        starts = self.shard_starts(generator, sizes, r if total is None else total, regions)
+        quotas = shard_quotas(sizes, min(n, math.ceil(round(self.oversample * k, 6))))
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        picks = [
+            self.shard_select(space[:, lo : lo + s], q, starts[:, i]) + lo
+            for i, (lo, s, q) in enumerate(zip(offsets, sizes, quotas)) if q > 0
+        ]
+        union = torch.cat(picks, dim=1)  # [R, U], in shard order
+        return union[:, :k] if union.shape[1] == k else self.union_select(space, union, k, generator)
+
+    @staticmethod
+    def shard_starts(
+        generator: torch.Generator, sizes: list[int], total: int, regions: slice | Tensor | None = None
+    ) -> Tensor:
+        """``[R, shards]`` start point of each shard's greedy run, below the smallest shard's size
+        (with one shard: ``randint(N)``, the exact run's draw)."""
+        starts = torch.randint(min(sizes), (total, len(sizes)), generator=generator)
+        if regions is not None:
+            starts = starts[regions.cpu() if isinstance(regions, Tensor) else regions]
+        return starts
+
+    def shard_select(self, shard: Tensor, k: int, start: Tensor) -> Tensor:
+        """Greedy to ``k`` centres in each memory of one shard ``[R, S, D]`` → ``[R, k]`` local indices."""
+        return self._run(shard, k, start=start.to(shard.device), device=shard.device).selected
+
+    def union_select(self, space: Tensor, union: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Greedy to ``k`` of the ``union [R, U]`` candidates of ``space`` → ``[R, k]`` indices into ``space``."""
+        d = space.shape[-1]
+        points = torch.gather(space, 1, union.to(space.device).unsqueeze(-1).expand(-1, -1, d))
+        start = torch.randint(union.shape[1], (union.shape[0],), generator=generator)
+        chosen = self._run(points, k, start=start.to(points.device), device=points.device).selected
+        return torch.gather(union, 1, chosen.to(union.device))
+
+    def compose_across(
+        self,
+        local: Tensor,
+        sizes: list[int],
+        rank: int,
+        k: int,
+        generator: torch.Generator,
+        gather: Callable[[Tensor], Tensor],
+        device: torch.device | None = None,
+    ) -> Tensor:
+        """The composable selection when the shards live in different processes (DDP ranks).
+
+        Process ``rank`` holds shard ``rank`` (``local [R, n_rank, C]``, ``sizes`` every shard's
+        ``n``); it runs the greedy on it alone, the picks are gathered (``gather`` concatenates
+        every process's ``[R, q, *]`` along dim 1 in rank order) and the union step runs on every
+        process. Every process draws from ``generator`` what :meth:`compose` draws, so the result
+        equals ``compose`` over the concatenated shards with these ``sizes``.
+
+        Returns:
+            ``[R, k, C]`` the selected vectors in float32 on ``device``, the same on every process.
+        """
+        r, n_local, c = local.shape
+        if sizes[rank] != n_local or min(sizes) < 1:
+            raise ValueError(f"shard sizes {sizes}: process {rank} holds {n_local} candidates (each needs >= 1)")
+        dev = compute_device(local, device)
+        n = sum(sizes)
+        space = self.project(local, generator, dev)  # every process draws the same matrix
+        starts = self.shard_starts(generator, sizes, r)
+        quotas = shard_quotas(sizes, min(n, math.ceil(round(self.oversample * k, 6))))
+        picked = self.shard_select(space, quotas[rank], starts[:, rank]) if quotas[rank] else (
+            torch.empty(r, 0, dtype=torch.long, device=dev))
+        vectors = as_compute(torch.gather(local, 1, picked.to(local.device).unsqueeze(-1).expand(-1, -1, c)), dev)
+        union = gather(vectors)  # [R, U, C]
+        if union.shape[1] == k:
+            return union
+        points = union if space is local else gather(torch.gather(space, 1, picked.unsqueeze(-1).expand(
+            -1, -1, space.shape[-1])))
+        positions = torch.arange(union.shape[1], device=dev).expand(r, -1)
+        chosen = self.union_select(points, positions, k, generator)
+        return torch.gather(union, 1, chosen.unsqueeze(-1).expand(-1, -1, c))

@@ -17,6 +17,7 @@ E FAPM     7×7     separate    on
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -337,8 +338,14 @@ class MemoryDetector(nn.Module):
         exchange ``d_imax`` (``[R]`` numbers: the quantile rule ranks a whole layer), enlarge
         their own regions, and the built memories are gathered on every rank. The generator is
         drawn as for the whole layer, so the memory is the single-process one, bit for bit on
-        the CPU. PatchCore's single global memory (one region) is built by rank 0 alone.
+        the CPU. With the exact greedy, PatchCore's single global memory (one region) is built by
+        rank 0 alone; a plain coreset with a composable sampler (``model/coreset=composable``,
+        e.g. ``model=patchcore_scalable``) is built by every rank from its own images instead
+        (:meth:`_build_composed`).
         """
+        if self.coreset.sampler.composable and not self.coreset.adaptive:
+            self._build_composed(memory, local, generator, report)
+            return
         rank, size = world()
         regions = local.shape[0]
         mine: Tensor | None = None
@@ -369,6 +376,24 @@ class MemoryDetector(nn.Module):
             all_gather_rows(vectors), all_gather_rows(result.lengths.to(torch.long)),
             all_gather_rows(result.d_max.float()), enlarged,
         )
+
+    def _build_composed(
+        self, memory: PatchMemory, local: Tensor, generator: torch.Generator, report: BuildReport
+    ) -> None:
+        """Every rank runs the greedy on its own shard of the training images (``local [R, n_r, C]``),
+        the picks are gathered and reduced by the union step on every rank
+        (:meth:`ComposableKCenter.compose_across`): no rank gathers the candidates."""
+        rank, _ = world()
+        sizes = all_gather_sizes(local.shape[1])
+        report.candidates.append(sum(sizes))
+        device = next(self.extractor.parameters()).device  # distances run where the backbone runs
+        k = self.coreset.sizes(sum(sizes))[0]
+        gather = functools.partial(all_gather_rows, dim=1)
+        vectors = self.coreset.sampler.compose_across(local, sizes, rank, k, generator, gather, device)
+        del local
+        r = vectors.shape[0]
+        nan = torch.full((r,), float("nan"), device=vectors.device)
+        memory.store(vectors, torch.full((r,), k, dtype=torch.long), nan, torch.zeros(r, dtype=torch.bool))
 
     def _warn_small_k(self) -> None:
         """Say so when the image score cannot work as configured with the memory built."""
