@@ -75,7 +75,7 @@ def build_memory_detector(
     from fapm.models.streams import make_streams
 
     chunks = {"chunk_mb": model.coreset_chunk_mb, "device_chunk_mb": model.coreset_device_chunk_mb}
-    composable = {"shards": model.coreset.shards, "oversample": model.coreset.oversample}
+    composable = {"shard_size": model.coreset.shard_size, "oversample": model.coreset.oversample}
     samplers = {  # model.coreset.strategy (conf/model/coreset/)
         "greedy": lambda: GreedyKCenter(projection_dim=model.projection_dim, **chunks),
         "composable": lambda: ComposableKCenter(projection_dim=model.projection_dim, **composable, **chunks),

@@ -350,7 +350,7 @@ class CoresetSettings(Settings):
     strategy: Literal["greedy", "composable"] = setting(
         "greedy", doc="greedy (exact) | composable (greedy per shard, then over the union of their picks)"
     )
-    shards: int = setting(16, ge=1, doc="composable: contiguous blocks of each memory's candidates")
+    shard_size: int = setting(16384, ge=1, doc="composable: candidates per contiguous block (run of training images)")
     oversample: float = setting(1.0, ge=1.0, doc="composable: all shards' picks as a multiple of the coreset size")
 
 

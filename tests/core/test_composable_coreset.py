@@ -25,21 +25,21 @@ def radius(x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
 def test_one_shard_is_the_exact_greedy(projection_dim: int | None) -> None:
     x = clustered(r=3, n=200, c=16)
     exact = GreedyKCenter(projection_dim).select(x, 30, torch.Generator().manual_seed(5))
-    one = ComposableKCenter(shards=1, projection_dim=projection_dim).select(x, 30, torch.Generator().manual_seed(5))
+    one = ComposableKCenter(shard_size=200, projection_dim=projection_dim).select(x, 30, torch.Generator().manual_seed(5))
     assert torch.equal(one.selected, exact.selected)  # same centres, same order
     assert torch.allclose(one.nearest_sq, exact.nearest_sq, atol=1e-3)
     # a block of regions of a layer draws as the whole layer does
-    block = ComposableKCenter(shards=1, projection_dim=projection_dim).select(
+    block = ComposableKCenter(shard_size=200, projection_dim=projection_dim).select(
         x[1:], 30, torch.Generator().manual_seed(5), regions=slice(1, 3), total=3)
     assert torch.equal(block.selected, exact.selected[1:])
 
 
-@pytest.mark.parametrize("shards,oversample", [(4, 1.0), (8, 1.0), (4, 2.0)])
-def test_many_shards_cover_almost_as_well_as_exact(shards: int, oversample: float) -> None:
+@pytest.mark.parametrize("shard_size,oversample", [(200, 1.0), (100, 1.0), (200, 2.0)])
+def test_many_shards_cover_almost_as_well_as_exact(shard_size: int, oversample: float) -> None:
     x = clustered(r=2, n=800)
     k = 80
     exact = GreedyKCenter().select(x, k, torch.Generator().manual_seed(1)).selected
-    sampler = ComposableKCenter(shards=shards, oversample=oversample)
+    sampler = ComposableKCenter(shard_size=shard_size, oversample=oversample)
     approx = sampler.select(x, k, torch.Generator().manual_seed(1), statistics=False).selected
     assert approx.shape == (2, k)
     assert all(len(set(row.tolist())) == k for row in approx)  # k distinct candidates
@@ -48,19 +48,21 @@ def test_many_shards_cover_almost_as_well_as_exact(shards: int, oversample: floa
     assert bool((ratio > 0.5).all()) and bool((ratio < 1.5).all()), ratio
     # every shard contributed its share (oversample 1: the union is the coreset)
     if oversample == 1.0:
-        bounds = torch.tensor(split_sizes(800, shards)).cumsum(0)
-        counts = torch.bincount(torch.bucketize(approx[0], bounds, right=True), minlength=shards)
-        assert counts.tolist() == shard_quotas(split_sizes(800, shards), k)
+        sizes = sampler.shard_sizes(800)
+        assert sizes == [shard_size] * (800 // shard_size)
+        bounds = torch.tensor(sizes).cumsum(0)
+        counts = torch.bincount(torch.bucketize(approx[0], bounds, right=True), minlength=len(sizes))
+        assert counts.tolist() == shard_quotas(sizes, k)
 
 
 def test_statistics_are_the_nearest_centre_distances() -> None:
     x = clustered(r=2, n=300)
-    state = ComposableKCenter(shards=3).select(x, 25, torch.Generator().manual_seed(2))
+    state = ComposableKCenter(shard_size=100).select(x, 25, torch.Generator().manual_seed(2))
     expected, _ = exact_assignment(x, state.selected)
     centre = torch.zeros_like(expected, dtype=torch.bool).scatter_(1, state.selected, True)
     assert torch.allclose(state.nearest_sq[~centre], expected[~centre], rtol=1e-4, atol=1e-3)
     assert bool((state.nearest_raw[centre] == -1).all())  # never picked again when the run is extended
-    longer = ComposableKCenter(shards=3).extend(state, 40)
+    longer = ComposableKCenter(shard_size=100).extend(state, 40)
     assert torch.equal(longer.selected[:, :25], state.selected) and longer.k == 40
 
 
@@ -72,8 +74,10 @@ def test_quotas_and_sizes() -> None:
     assert shard_quotas([2, 1], 3) == [2, 1]
     with pytest.raises(ValueError):
         shard_quotas([2, 1], 4)
-    with pytest.raises(ValueError, match="shards"):
-        ComposableKCenter(shards=0)
+    assert ComposableKCenter(shard_size=4).shard_sizes(10) == [4, 3, 3]
+    assert ComposableKCenter(shard_size=4).rank_shard_sizes([5, 3]) == [3, 2, 3]
+    with pytest.raises(ValueError, match="shard_size"):
+        ComposableKCenter(shard_size=0)
 
 
 def test_patchcore_scalable_config_selects_the_composable_sampler(tmp_path: Path) -> None:
@@ -91,7 +95,7 @@ def test_patchcore_scalable_config_selects_the_composable_sampler(tmp_path: Path
     # everything else is PatchCore's
     assert scalable.replace(name="patchcore", coreset=exact.coreset.to_dict(), search=exact.search.to_dict()) == exact
     detector = build_memory_detector(scalable, validated_settings(cfg).backbone)
-    assert detector.coreset.sampler.composable and detector.coreset.sampler.shards == scalable.coreset.shards
+    assert detector.coreset.sampler.composable and detector.coreset.sampler.shard_size == scalable.coreset.shard_size
     g = torch.Generator().manual_seed(0)
     detector.add_features([torch.randn(6, 384, 12, 12, generator=g)])
     detector.build()

@@ -35,8 +35,8 @@ CASES = {
 # Built by every rank from its own images (the composable coreset): compared with the composable
 # selection over the same shards in one process, not with a whole-set build.
 COMPOSED = {
-    "patchcore_scalable": ["model=patchcore_scalable"],
-    "patchcore_scalable_union": ["model=patchcore_scalable", "model.coreset.oversample=2.0"],
+    "patchcore_scalable": ["model=patchcore_scalable", "model.coreset.shard_size=300"],
+    "patchcore_scalable_union": ["model=patchcore_scalable", "model.coreset.shard_size=300", "model.coreset.oversample=2.0"],
 }
 
 
@@ -111,8 +111,8 @@ def test_sharded_build_equals_single_process(case: str, two_process_builds: Path
 
 @pytest.mark.parametrize("case", list(COMPOSED))
 def test_composable_build_runs_on_every_rank(case: str, two_process_builds: Path, tmp_path: Path) -> None:
-    """Each rank greedy on its own images, greedy over the gathered union: equal to the composable
-    selection over those two shards (4 and 3 images) in one process, bit for bit."""
+    """Each rank greedy on its own images (cut in blocks of 300 candidates), greedy over the gathered
+    union: equal to the composable selection over the same blocks in one process, bit for bit."""
     single = _detector(COMPOSED[case], tmp_path)
     single.add_features(_features(single, IMAGES))
     candidates = single.features.take(0)  # [1, 7 images x 144 positions, C]
@@ -121,7 +121,9 @@ def test_composable_build_runs_on_every_rank(case: str, two_process_builds: Path
     g = torch.Generator().manual_seed(single.seed)
     space = sampler.project(candidates, g)
     k = single.coreset.sizes(candidates.shape[1])[0]
-    chosen = sampler.compose(space, [4 * per_image, 3 * per_image], k, g)
+    sizes = sampler.rank_shard_sizes([4 * per_image, 3 * per_image])  # the ranks hold 4 and 3 images
+    assert sizes == [288, 288, 216, 216]
+    chosen = sampler.compose(space, sizes, k, g)
     expected = torch.gather(candidates, 1, chosen.unsqueeze(-1).expand(-1, -1, candidates.shape[-1]))
 
     got = torch.load(two_process_builds / f"{case}.pt", weights_only=True)

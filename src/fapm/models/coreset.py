@@ -360,21 +360,21 @@ def shard_quotas(sizes: list[int], total: int) -> list[int]:
 class ComposableKCenter(GreedyKCenter):
     """Approximate greedy k-center: greedy on each shard, then greedy over the union of their picks.
 
-    The candidates of a memory are cut into ``shards`` contiguous blocks (images are stored one
-    after the other, so a block is a run of training images, like a DDP rank's share). Shard
-    ``s`` of ``n_s`` candidates runs the greedy rule to its share of ``ceil(oversample · k)``
+    The candidates of a memory are cut into ``ceil(N / shard_size)`` contiguous blocks of equal
+    size (images are stored one after the other, so a block is a run of training images, like a
+    DDP rank's share). Shard ``s`` of ``n_s`` candidates runs the greedy rule to its share of ``ceil(oversample · k)``
     centres (in proportion to ``n_s``); the union of these picks is reduced to ``k`` by the greedy
     rule again. With ``oversample`` 1 the union already holds ``k`` points and is the result (the
     union step would select all of them). This is the composable coreset for k-center (each
     shard's greedy picks cover their shard within twice its optimal radius; the union covers the
-    whole set within the largest of those radii): PatchCore's global greedy costs ``O(k · N)``
-    distance rows, sharded ``O(k · N / shards)`` plus ``O(k² · oversample)`` for the union step,
-    and each shard's working set fits in cache.
+    whole set within the largest of those radii). PatchCore's global greedy costs ``k · N =
+    ratio · N²`` distance rows; sharded, ``ratio · N · shard_size`` (linear in ``N``) plus
+    ``oversample · k²`` for the union step when ``oversample`` > 1.
 
     One shard is the exact greedy run: the same draws, the same centres in the same order.
 
     Args:
-        shards: number of blocks per memory (1 = exact greedy).
+        shard_size: candidates per block (at most; >= N: one block, the exact greedy).
         oversample: picks of all shards together, as a multiple of ``k`` (>= 1).
         projection_dim, chunk_mb, device_chunk_mb: as :class:`GreedyKCenter`.
     """
@@ -382,16 +382,20 @@ class ComposableKCenter(GreedyKCenter):
     composable = True
 
     def __init__(
-        self, shards: int = 16, oversample: float = 1.0, projection_dim: int | None = None,
+        self, shard_size: int = 16384, oversample: float = 1.0, projection_dim: int | None = None,
         chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0,
     ) -> None:
         super().__init__(projection_dim, chunk_mb, device_chunk_mb)
-        if shards < 1:
-            raise ValueError(f"model.coreset.shards must be >= 1, got {shards}")
+        if shard_size < 1:
+            raise ValueError(f"model.coreset.shard_size must be >= 1, got {shard_size}")
         if oversample < 1:
             raise ValueError(f"model.coreset.oversample must be >= 1, got {oversample}")
-        self.shards = int(shards)
+        self.shard_size = int(shard_size)
         self.oversample = float(oversample)
+
+    def shard_sizes(self, n: int) -> list[int]:
+        """Sizes of the contiguous blocks ``n`` candidates are cut into (at most ``shard_size`` each)."""
+        return split_sizes(n, math.ceil(n / self.shard_size))
 
     def select(
         self,
@@ -413,7 +417,7 @@ class ComposableKCenter(GreedyKCenter):
         dev = compute_device(features, device)
         space = self.project(features, generator, dev)
         rows = r if total is None else total
-        selected = self.compose(space, split_sizes(n, self.shards), k, generator, rows, regions)
+        selected = self.compose(space, self.shard_sizes(n), k, generator, rows, regions)
         if not statistics:
             empty = torch.empty(r, 0, device=dev)
             return KCenterState(space, selected, empty, empty.long())
@@ -477,34 +481,41 @@ class ComposableKCenter(GreedyKCenter):
     def compose_across(
         self,
         local: Tensor,
-        sizes: list[int],
+        counts: list[int],
         rank: int,
         k: int,
         generator: torch.Generator,
         gather: Callable[[Tensor], Tensor],
         device: torch.device | None = None,
     ) -> Tensor:
-        """The composable selection when the shards live in different processes (DDP ranks).
+        """The composable selection when the candidates are spread over processes (DDP ranks).
 
-        Process ``rank`` holds shard ``rank`` (``local [R, n_rank, C]``, ``sizes`` every shard's
-        ``n``); it runs the greedy on it alone, the picks are gathered (``gather`` concatenates
+        Process ``rank`` holds ``local [R, counts[rank], C]``, the ``rank``-th contiguous part of
+        the candidates; each part is cut into blocks of at most ``shard_size`` by itself. Every
+        process runs the greedy on its own blocks, the picks are gathered (``gather`` concatenates
         every process's ``[R, q, *]`` along dim 1 in rank order) and the union step runs on every
         process. Every process draws from ``generator`` what :meth:`compose` draws, so the result
-        equals ``compose`` over the concatenated shards with these ``sizes``.
+        equals ``compose`` over the concatenated candidates with :meth:`rank_shard_sizes`.
 
         Returns:
             ``[R, k, C]`` the selected vectors in float32 on ``device``, the same on every process.
         """
         r, n_local, c = local.shape
-        if sizes[rank] != n_local or min(sizes) < 1:
-            raise ValueError(f"shard sizes {sizes}: process {rank} holds {n_local} candidates (each needs >= 1)")
+        if counts[rank] != n_local or min(counts) < 1:
+            raise ValueError(f"candidates per process {counts}: process {rank} holds {n_local} (each needs >= 1)")
         dev = compute_device(local, device)
-        n = sum(sizes)
+        sizes = self.rank_shard_sizes(counts)
+        first = sum(len(self.shard_sizes(m)) for m in counts[:rank])  # this process's first block
+        mine = self.shard_sizes(n_local)
         space = self.project(local, generator, dev)  # every process draws the same matrix
         starts = self.shard_starts(generator, sizes, r)
-        quotas = shard_quotas(sizes, min(n, math.ceil(round(self.oversample * k, 6))))
-        picked = self.shard_select(space, quotas[rank], starts[:, rank]) if quotas[rank] else (
-            torch.empty(r, 0, dtype=torch.long, device=dev))
+        quotas = shard_quotas(sizes, min(sum(sizes), math.ceil(round(self.oversample * k, 6))))
+        picks, lo = [], 0
+        for j, size in enumerate(mine):
+            if quotas[first + j]:
+                picks.append(self.shard_select(space[:, lo : lo + size], quotas[first + j], starts[:, first + j]) + lo)
+            lo += size
+        picked = torch.cat(picks, dim=1) if picks else torch.empty(r, 0, dtype=torch.long, device=dev)
         vectors = as_compute(torch.gather(local, 1, picked.to(local.device).unsqueeze(-1).expand(-1, -1, c)), dev)
         union = gather(vectors)  # [R, U, C]
         if union.shape[1] == k:
@@ -514,3 +525,7 @@ class ComposableKCenter(GreedyKCenter):
         positions = torch.arange(union.shape[1], device=dev).expand(r, -1)
         chosen = self.union_select(points, positions, k, generator)
         return torch.gather(union, 1, chosen.unsqueeze(-1).expand(-1, -1, c))
+
+    def rank_shard_sizes(self, counts: list[int]) -> list[int]:
+        """The blocks of candidates split between processes as ``counts``: each part cut by itself."""
+        return [size for m in counts for size in self.shard_sizes(m)]
