@@ -487,6 +487,69 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------- fit-shapes (WRN-50-2 memory)
+@torch.inference_mode()
+def cmd_fit_shapes(args: argparse.Namespace) -> None:
+    """Child-per-size fit of seeded random features of a backbone's stream shapes (no extraction):
+    the fit's peak RSS, build s and search ms, for backbones too slow to extract thousands of
+    images on this CPU (WRN-50-2: ~0.84 s/img). ``--n`` given: run one size in this process."""
+    if args.n:
+        torch.set_num_threads(args.threads)
+        overrides = [f"backbone={args.backbone}", "backbone.pretrained=false", *REAL_FIT_OPTIONS[args.option]]
+        det = detector_for_backbone(overrides)
+        det.eval()
+        shapes = [s.shape[1:] for s in det.extract(torch.zeros(1, 3, SIZE, SIZE))]
+        rss_start = peak_rss_mb()
+        det.reset_fit(expected_images=args.n)
+        g = torch.Generator().manual_seed(0)
+        for lo in range(0, args.n, 16):
+            b = min(args.n, lo + 16) - lo
+            det.add_features([torch.randn(b, *shape, generator=g) for shape in shapes])
+        t = time.perf_counter()
+        report = det.build()
+        build_s = time.perf_counter() - t
+        row: dict[str, Any] = {"option": args.option, "backbone": args.backbone, "images": args.n,
+                               "build_s": build_s, "build_s_per_image": build_s / args.n,
+                               "peak_rss_mb": peak_rss_mb(), "rss_before_features_mb": rss_start,
+                               "memory_vectors": det.memory_vectors(), "candidates": report.candidates,
+                               "stream_shapes": [list(s) for s in shapes]}
+        queries = [torch.randn(8, *shape, generator=g) for shape in shapes]
+        det.nearest([q[:1] for q in queries])
+        for batch in (1, 8):
+            t = time.perf_counter()
+            for lo in range(0, 8, batch):
+                det.nearest([q[lo : lo + batch] for q in queries])
+            row[f"search_ms_batch{batch}"] = 1000 * (time.perf_counter() - t) / 8
+        row["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+    name = args.out or f"scale_shapes_{args.backbone}.json"
+    path = RESULTS / name
+    rows = json.loads(path.read_text()).get("rows", []) if path.exists() and args.resume else []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        cmd = [sys.executable, __file__, "fit-shapes", "--n", str(n), "--option", args.option,
+               "--backbone", args.backbone, "--threads", str(args.threads)]
+        log("fit-shapes:", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            log(f"failed ({proc.returncode}):", proc.stderr[-2000:])
+            continue
+        rows.append(json.loads(lines[-1][7:]))
+        log(json.dumps(rows[-1]))
+        save(name, {"machine": machine(), "backbone": f"{args.backbone}, RANDOM init; seeded random features of its "
+                    "stream shapes (no extraction)", "rows": rows})
+
+
+def detector_for_backbone(overrides: list[str]):
+    from fapm.builders import build_memory_detector
+
+    settings = compose_settings(overrides)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+        return build_memory_detector(settings.model, settings.backbone, settings.seed)
+
+
 # ----------------------------------------------------------------------------- micro
 @torch.inference_mode()
 def cmd_micro(args: argparse.Namespace) -> None:
@@ -679,6 +742,14 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--run-dir", required=True)
     w.add_argument("--backbone", default="efficientnet_lite0")
     w.add_argument("--threads", type=int, default=1)
+    h = sub.add_parser("fit-shapes", help="random features of a backbone's shapes: peak RSS, build, search")
+    h.add_argument("--sizes", default="1000,2000")
+    h.add_argument("--n", type=int, default=0, help="(child) one size")
+    h.add_argument("--option", choices=sorted(REAL_FIT_OPTIONS), default="fapm_scalable_fp16_host")
+    h.add_argument("--backbone", default="wide_resnet50_2")
+    h.add_argument("--threads", type=int, default=1)
+    h.add_argument("--out", default=None)
+    h.add_argument("--resume", action="store_true")
     f = sub.add_parser("fit-cached", help="issue 13: cached WRN-50-2 features of generated images")
     f.add_argument("--sizes", default="500,1000,2000")
     f.add_argument("--options", default="fapm_exact,fapm_fp16,fapm_proj,fapm_scalable,patchcore")
@@ -708,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    commands = {"extract": cmd_extract, "fit": cmd_fit, "fit-run": cmd_fit_run, "fit-cached": cmd_fit_cached,
+    commands = {"extract": cmd_extract, "fit": cmd_fit, "fit-shapes": cmd_fit_shapes, "fit-run": cmd_fit_run, "fit-cached": cmd_fit_cached,
                 "fit-cached-one": cmd_fit_one, "micro": cmd_micro, "real": cmd_real}
     commands[args.cmd](args)
 

@@ -100,3 +100,26 @@ def test_patchcore_scalable_config_selects_the_composable_sampler(tmp_path: Path
     detector.add_features([torch.randn(6, 384, 12, 12, generator=g)])
     detector.build()
     assert detector.memory_vectors() == 87  # 10 % of 6 x 144 candidates, as PatchCore's exact coreset
+
+
+def test_default_memory_cap_switches_on_where_the_docs_say(tmp_path: Path) -> None:
+    """FAPM's per-region memories are capped by default (1,000 first-pass centres); the cap binds from
+    625 training images for a stride-8 layer at 224 px (16 vectors per region per image, ratio 0.1).
+    One global memory (PatchCore, ablation C) stays uncapped."""
+    from fapm.builders import build_memory_detector
+    from fapm.pipeline.common import validated_settings
+    from tests.conftest import compose_config
+
+    caps = {}
+    for name in ("fapm", "fapm_nbhd", "ablation_d", "patchcore", "ablation_c", "patchcore_scalable"):
+        cfg = compose_config("train", [f"model={name}", "backbone=resnet18", "backbone.pretrained=false"], tmp_path)
+        settings = validated_settings(cfg)
+        caps[name] = settings.model.memory_cap
+        if name == "fapm":
+            coreset = build_memory_detector(settings.model, settings.backbone).coreset
+    assert caps == {"fapm": 1000, "fapm_nbhd": 1000, "ablation_d": 1000, "patchcore": None, "ablation_c": None,
+                    "patchcore_scalable": None}
+    per_image = 16
+    assert coreset.sizes(624 * per_image) == (999, 1997)  # not binding: 10 %, enlarged 20 %
+    assert coreset.sizes(625 * per_image) == (1000, 2000)
+    assert coreset.sizes(5000 * per_image) == (1000, 2000)  # bound from there on
