@@ -1,6 +1,19 @@
-"""Scale benchmark (issue 13): thousands of training images on one machine.
+"""Scale benchmark (issues 13 and 22): thousands of training images on one machine.
 
-Stages (sub-commands), each calling the package's own stages (``build_memory_detector``,
+Issue 22's stages:
+
+* ``fit --sizes 500,1000,2000,5000 --options fapm,fapm_scalable,patchcore_scalable``: the real
+  tiles' ``train/good`` expanded to N images (``fapm.data.expand``: seeded crops of 80–100 % of
+  the area, flips, 90° rotations; ``real`` = the 728 originals), each fit a child process running
+  the product's own ``fapm train data=mtd data.root=<expanded> backbone=<--backbone> model=…``
+  (``fapm.pipeline.train.train``) and testing on the tiles' own test set; reports the child's peak
+  RSS, extraction s (fit s − build s), build s, memory vectors, search ms/img at batch 1 and 8 (the
+  saved model's ``nearest`` on test images) and image / pixel AUROC and AUPRO.
+* ``fit-shapes --backbone wide_resnet50_2 --sizes 1000,2000``: the fit's memory, build and search
+  on seeded random features of the backbone's stream shapes (no extraction), for a backbone too
+  slow to extract thousands of images here.
+
+Issue 13's stages (sub-commands), each calling the package's own stages (``build_memory_detector``,
 ``MemoryDetector.collect / add_features / build / nearest``, ``FaissKNN`` / ``TorchKNN``,
 the MVTec data module and metrics):
 
@@ -8,7 +21,7 @@ the MVTec data module and metrics):
   ``i`` from seed ``i``, so a smaller set is a prefix of a larger one) through WRN-50-2
   (RANDOM init: timing only, no ImageNet weights offline) with ``detector.extract``; the
   pooled streams are written once to a raw float32 cache (extraction s/img is measured here).
-* ``fit --sizes ... --options ...``: one child process per (size, option): the cached
+* ``fit-cached --sizes ... --options ...``: one child process per (size, option): the cached
   features are fed to ``detector.add_features`` in batches of 16 (read with ``readinto``,
   never memory-mapped, so RSS is the detector's), then ``detector.build()``; reports build
   s, peak RSS (the child's ``ru_maxrss``), memory vectors and search ms/img (``nearest`` on
@@ -24,7 +37,9 @@ Every stage prints a Markdown table and writes JSON under ``benchmarks/results/`
 Timings on a shared 2-core CPU: compare ratios within one run.
 
     python benchmarks/scale.py extract --sizes 500,1000,2000
-    python benchmarks/scale.py fit --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
+    python benchmarks/scale.py fit --sizes 500,1000,2000,5000 --options fapm,fapm_scalable,patchcore_scalable
+    python benchmarks/scale.py fit-shapes --backbone wide_resnet50_2 --sizes 1000,2000
+    python benchmarks/scale.py fit-cached --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
     python benchmarks/scale.py micro
     python benchmarks/scale.py real
 """
