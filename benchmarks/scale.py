@@ -502,6 +502,62 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_fit_table(args: argparse.Namespace) -> None:
+    """Join the rows of several ``fit`` result files (runs done in parallel queues) into one table."""
+    rows, machines = [], []
+    for name in args.inputs.split(","):
+        data = json.loads((RESULTS / name).read_text())
+        rows += data["rows"]
+        machines.append(data.get("machine"))
+    table = fit_real_table(rows, args)
+    save(args.out, {"machine": machines, "backbone": args.backbone, "parts": args.inputs.split(","),
+                    "rows": rows, "table": table})
+    print(markdown(table))
+
+
+# ------------------------------------------------------------ coreset (exact vs composable)
+@torch.inference_mode()
+def cmd_coreset(args: argparse.Namespace) -> None:
+    """PatchCore's coreset on the real tiles' features, exact greedy vs composable, in one process
+    (same load for both): selection seconds and covering radius in feature space, for the first
+    ``--sizes`` training images (Lite0 ImageNet, PatchCore's concatenated streams)."""
+    from fapm.data import MVTecDataModule
+    from fapm.models.coreset import ComposableKCenter, GreedyKCenter, exact_assignment, num_centres
+
+    torch.set_num_threads(args.threads)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    settings = compose_settings([f"backbone={args.backbone}", "data=mtd", f"data.root={args.source}",
+                                 "model=patchcore"])
+    det = detector_for_backbone([f"backbone={args.backbone}", "model=patchcore"])
+    det.eval()
+    dm = MVTecDataModule(root=args.source, category="magnetic_tile", train_batch_size=8, eval_batch_size=8,
+                         mean=settings.data.mean, std=settings.data.std, num_workers=0)
+    dm.setup("fit")
+    det.reset_fit()
+    seen = 0
+    for batch in dm.train_dataloader():
+        det.collect(batch["image"])
+        seen += batch["image"].shape[0]
+        if seen >= max(sizes):
+            break
+    feats = det.features.take(0)  # [1, images x positions, C]
+    per_image = feats.shape[1] // seen
+    rows = []
+    for n_img in sizes:
+        x = feats[:, : n_img * per_image].contiguous()
+        k = num_centres(x.shape[1], 0.1)
+        row: dict[str, Any] = {"images": n_img, "candidates": x.shape[1], "k": k}
+        for name, sampler in (("exact", GreedyKCenter(128)), ("composable", ComposableKCenter(16384, projection_dim=128))):
+            t = time.perf_counter()
+            state = sampler.select(x, k, torch.Generator().manual_seed(0), statistics=False)
+            row[f"{name}_s"] = time.perf_counter() - t
+            row[f"{name}_radius"] = float(exact_assignment(x, state.selected)[0].amax().sqrt())
+        row["speedup"] = row["exact_s"] / row["composable_s"]
+        rows.append(row)
+        log(json.dumps(row))
+        save(args.out, {"machine": machine(), "backbone": args.backbone, "rows": rows})
+
+
 # ------------------------------------------------------------- fit-shapes (WRN-50-2 memory)
 @torch.inference_mode()
 def cmd_fit_shapes(args: argparse.Namespace) -> None:
@@ -757,6 +813,19 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--run-dir", required=True)
     w.add_argument("--backbone", default="efficientnet_lite0")
     w.add_argument("--threads", type=int, default=1)
+    j = sub.add_parser("fit-table", help="join fit result files into one table")
+    j.add_argument("--inputs", required=True)
+    j.add_argument("--out", required=True)
+    j.add_argument("--backbone", default="efficientnet_lite0")
+    j.add_argument("--sizes", default="500,1000,2000,5000")
+    j.add_argument("--options", default="fapm,fapm_scalable,patchcore_scalable")
+    j.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("coreset", help="PatchCore's coreset on real features: exact vs composable, same process")
+    c.add_argument("--sizes", default="50,100")
+    c.add_argument("--backbone", default="efficientnet_lite0")
+    c.add_argument("--source", default=os.environ.get("FAPM_MTD_ROOT", str(ROOT.parent.parent / "shared" / "data" / "mtd")))
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", default="scale_coreset_lite0.json")
     h = sub.add_parser("fit-shapes", help="random features of a backbone's shapes: peak RSS, build, search")
     h.add_argument("--sizes", default="1000,2000")
     h.add_argument("--n", type=int, default=0, help="(child) one size")
@@ -794,7 +863,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    commands = {"extract": cmd_extract, "fit": cmd_fit, "fit-shapes": cmd_fit_shapes, "fit-run": cmd_fit_run, "fit-cached": cmd_fit_cached,
+    commands = {"extract": cmd_extract, "fit": cmd_fit, "fit-shapes": cmd_fit_shapes, "fit-table": cmd_fit_table, "coreset": cmd_coreset, "fit-run": cmd_fit_run, "fit-cached": cmd_fit_cached,
                 "fit-cached-one": cmd_fit_one, "micro": cmd_micro, "real": cmd_real}
     commands[args.cmd](args)
 

@@ -34,7 +34,7 @@ class KCenterState:
 
     Attributes:
         space: ``[R, N, D]`` the candidates in the space the selection runs in (the
-            features themselves, or their random projection).
+            features themselves, or their random projection: a :class:`ProjectedSpace`, or a tensor).
         selected: ``[R, k]`` indices of the chosen centres, in selection order.
         nearest_raw: ``[R, N]`` squared distance of every candidate to its nearest centre,
             with the centres themselves marked -1 so they are never picked twice.
@@ -43,7 +43,7 @@ class KCenterState:
             subset (``space`` is then shared, not copied); ``None``: all of ``space``, in order.
     """
 
-    space: Tensor
+    space: Tensor | ProjectedSpace
     selected: Tensor
     nearest_raw: Tensor
     assignment: Tensor
@@ -108,6 +108,30 @@ def as_compute(x: Tensor, device: torch.device) -> Tensor:
     return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
 
 
+class ProjectedSpace:
+    """``features [R, N, C]`` seen through a ``[C, D]`` projection that is applied when a block of
+    memories is read (``space[rows]`` → float32 ``[r, N, D]`` on ``device``), so the projected
+    candidates are never held all at once: a greedy run keeps one chunk of them. Each memory is
+    projected by itself, so a block reads the same bits as the whole layer projected at once."""
+
+    dtype = torch.float32
+
+    def __init__(self, features: Tensor, matrix: Tensor, device: torch.device) -> None:
+        self.features = features
+        self.matrix = matrix.to(device)
+        self.device = device
+        self.shape = torch.Size((*features.shape[:2], matrix.shape[1]))
+
+    def __getitem__(self, rows: slice | Tensor) -> Tensor:
+        if isinstance(rows, Tensor):
+            rows = rows.to(self.features.device)
+        block = self.features[rows]
+        out = torch.empty(block.shape[0], block.shape[1], self.shape[2], device=self.device)
+        for i in range(block.shape[0]):
+            torch.matmul(as_compute(block[i], self.device), self.matrix, out=out[i])
+        return out
+
+
 class GreedyKCenter:
     """Seeded greedy k-center selection over ``[R, N, C]`` memories.
 
@@ -153,6 +177,16 @@ class GreedyKCenter:
             torch.matmul(as_compute(features[region], dev), matrix, out=out[region])
         return out
 
+    def lazy_projection(
+        self, features: Tensor, generator: torch.Generator, device: torch.device | None = None
+    ) -> Tensor | ProjectedSpace:
+        """As :meth:`project` (the same draw and the same bits), applied chunk by chunk when read."""
+        c = features.shape[-1]
+        if not self.projection_dim or self.projection_dim >= c:
+            return features
+        matrix = torch.randn(c, self.projection_dim, generator=generator, device="cpu")
+        return ProjectedSpace(features, matrix / math.sqrt(self.projection_dim), compute_device(features, device))
+
     def select(
         self,
         features: Tensor,
@@ -180,7 +214,7 @@ class GreedyKCenter:
         if not 1 <= k <= n:
             raise ValueError(f"k must be in [1, {n}], got {k}")
         dev = compute_device(features, device)
-        space = self.project(features, generator, dev)
+        space = self.lazy_projection(features, generator, dev)  # projected chunk by chunk: never held whole
         start = torch.randint(n, (r if total is None else total,), generator=generator)
         if regions is not None:
             start = start[regions.cpu() if isinstance(regions, Tensor) else regions]
