@@ -555,7 +555,18 @@ def cmd_coreset(args: argparse.Namespace) -> None:
         row["speedup"] = row["exact_s"] / row["composable_s"]
         rows.append(row)
         log(json.dumps(row))
-        save(args.out, {"machine": machine(), "backbone": args.backbone, "rows": rows})
+        save(args.out, {"machine": machine(), "backbone": args.backbone, "rows": rows, "table": coreset_table(rows, args)})
+
+
+def coreset_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    columns = ["images", "candidates", "centres", "exact greedy s", "composable s", "speed-up", "exact radius",
+               "composable radius"]
+    body = [[r["images"], r["candidates"], r["k"], round(r["exact_s"], 1), round(r["composable_s"], 1),
+             round(r["speedup"], 1), round(r["exact_radius"], 2), round(r["composable_radius"], 2)] for r in rows]
+    return {"title": "PatchCore's coreset on real tile features: exact vs composable, one process",
+            "date": time.strftime("%Y-%m-%d"), "command": f"python benchmarks/scale.py coreset --sizes {args.sizes}",
+            "machine": "2-core x86-64 CPU, no GPU, shared with other sessions",
+            "weights": "ImageNet EfficientNet-Lite0 (packaged)", "columns": columns, "rows": body}
 
 
 # ------------------------------------------------------------- fit-shapes (WRN-50-2 memory)
@@ -609,7 +620,20 @@ def cmd_fit_shapes(args: argparse.Namespace) -> None:
         rows.append(json.loads(lines[-1][7:]))
         log(json.dumps(rows[-1]))
         save(name, {"machine": machine(), "backbone": f"{args.backbone}, RANDOM init; seeded random features of its "
-                    "stream shapes (no extraction)", "rows": rows})
+                    "stream shapes (no extraction)", "rows": rows, "table": shapes_table(rows, args)})
+
+
+def shapes_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    columns = ["backbone", "option", "images", "peak RSS MB", "RSS before features MB", "build s", "build s/img",
+               "memory vectors", "search ms/img (batch 1)", "search ms/img (batch 8)"]
+    body = [[r["backbone"], r["option"], r["images"], round(r["peak_rss_mb"]), round(r["rss_before_features_mb"]),
+             round(r["build_s"]), round(r["build_s_per_image"], 3), r["memory_vectors"], round(r["search_ms_batch1"]),
+             round(r["search_ms_batch8"])] for r in rows]
+    return {"title": f"Fit on random features of {args.backbone}'s stream shapes", "date": time.strftime("%Y-%m-%d"),
+            "command": f"python benchmarks/scale.py fit-shapes --backbone {args.backbone} --option {args.option} "
+                       f"--sizes {args.sizes}", "machine": "2-core x86-64 CPU, no GPU, shared with other sessions",
+            "weights": "RANDOM init (features are seeded Gaussians of the backbone's shapes)",
+            "columns": columns, "rows": body}
 
 
 def detector_for_backbone(overrides: list[str]):
