@@ -1,6 +1,19 @@
-"""Scale benchmark (issue 13): thousands of training images on one machine.
+"""Scale benchmark (issues 13 and 22): thousands of training images on one machine.
 
-Stages (sub-commands), each calling the package's own stages (``build_memory_detector``,
+Issue 22's stages:
+
+* ``fit --sizes 500,1000,2000,5000 --options fapm,fapm_scalable,patchcore_scalable``: the real
+  tiles' ``train/good`` expanded to N images (``fapm.data.expand``: seeded crops of 80–100 % of
+  the area, flips, 90° rotations; ``real`` = the 728 originals), each fit a child process running
+  the product's own ``fapm train data=mtd data.root=<expanded> backbone=<--backbone> model=…``
+  (``fapm.pipeline.train.train``) and testing on the tiles' own test set; reports the child's peak
+  RSS, extraction s (fit s − build s), build s, memory vectors, search ms/img at batch 1 and 8 (the
+  saved model's ``nearest`` on test images) and image / pixel AUROC and AUPRO.
+* ``fit-shapes --backbone wide_resnet50_2 --sizes 1000,2000``: the fit's memory, build and search
+  on seeded random features of the backbone's stream shapes (no extraction), for a backbone too
+  slow to extract thousands of images here.
+
+Issue 13's stages (sub-commands), each calling the package's own stages (``build_memory_detector``,
 ``MemoryDetector.collect / add_features / build / nearest``, ``FaissKNN`` / ``TorchKNN``,
 the MVTec data module and metrics):
 
@@ -8,7 +21,7 @@ the MVTec data module and metrics):
   ``i`` from seed ``i``, so a smaller set is a prefix of a larger one) through WRN-50-2
   (RANDOM init: timing only, no ImageNet weights offline) with ``detector.extract``; the
   pooled streams are written once to a raw float32 cache (extraction s/img is measured here).
-* ``fit --sizes ... --options ...``: one child process per (size, option): the cached
+* ``fit-cached --sizes ... --options ...``: one child process per (size, option): the cached
   features are fed to ``detector.add_features`` in batches of 16 (read with ``readinto``,
   never memory-mapped, so RSS is the detector's), then ``detector.build()``; reports build
   s, peak RSS (the child's ``ru_maxrss``), memory vectors and search ms/img (``nearest`` on
@@ -24,7 +37,9 @@ Every stage prints a Markdown table and writes JSON under ``benchmarks/results/`
 Timings on a shared 2-core CPU: compare ratios within one run.
 
     python -m benchmarks.scale extract --sizes 500,1000,2000
-    python -m benchmarks.scale fit --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
+    python -m benchmarks.scale fit --sizes 500,1000,2000,5000 --options fapm,fapm_scalable,patchcore_scalable
+    python -m benchmarks.scale fit-shapes --backbone wide_resnet50_2 --sizes 1000,2000
+    python -m benchmarks.scale fit-cached --sizes 500,1000,2000 --options fapm_exact,fapm_fp16,fapm_scalable,patchcore
     python -m benchmarks.scale micro
     python -m benchmarks.scale real
 """
@@ -248,7 +263,7 @@ def cmd_fit_one(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def cmd_fit(args: argparse.Namespace) -> None:
+def cmd_fit_cached(args: argparse.Namespace) -> None:
     """One child process per (size, option), so each peak RSS is that fit's own."""
     meta = cache_meta()
     rows = []
@@ -261,7 +276,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             if (n, option) in done:
                 continue
             log(f"fit {option} on {n} images …")
-            cmd = [sys.executable, "-m", "benchmarks.scale", "fit-one", "--n", str(n), "--option", option,
+            cmd = [sys.executable, "-m", "benchmarks.scale", "fit-cached-one", "--n", str(n), "--option", option,
                    "--threads", str(args.threads), "--nprobe", str(args.nprobe)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -290,6 +305,337 @@ def fit_table(rows: list[dict[str, Any]]) -> str:
                if "faiss_ivf_ms_per_image" in r else "– | – | – |")
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- fit (real tiles)
+#: option → model overrides of the real-data fit (the product's configs, as a user would type them)
+REAL_FIT_OPTIONS: dict[str, list[str]] = {
+    "fapm": ["model=fapm"],
+    "fapm_scalable": ["model=fapm_scalable"],
+    "fapm_uncapped": ["model=fapm", "model.memory_cap=null"],
+    "patchcore": ["model=patchcore"],
+    "patchcore_scalable": ["model=patchcore_scalable"],
+    "patchcore_scalable_x2": ["model=patchcore_scalable", "model.coreset.oversample=2.0"],
+    "fapm_scalable_fp16_host": ["model=fapm_scalable", "model.feature_storage=host"],
+}
+SEARCH_IMAGES = 24  # test images whose search is timed at batch 1 and 8 (after 8 warm-up images)
+
+
+def add_fit_args(f: argparse.ArgumentParser) -> None:
+    f.add_argument("--sizes", default="500,1000,2000,5000",
+                   help="training images; 'real' = the source's own train/good, others made by fapm.data.expand")
+    f.add_argument("--options", default="fapm,fapm_scalable,patchcore_scalable")
+    f.add_argument("--backbone", default="efficientnet_lite0")
+    f.add_argument("--source", default=os.environ.get("FAPM_MTD_ROOT", str(ROOT.parent.parent / "shared" / "data" / "mtd")),
+                   help="the real tiles (MVTec layout, category magnetic_tile)")
+    f.add_argument("--data-dir", default="/tmp/fapm_scale_data", help="where the expanded training sets are written")
+    f.add_argument("--runs-dir", default="/tmp/fapm_scale_runs")
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--out", default=None, help="JSON under benchmarks/results (default scale_fit_<backbone>.json)")
+    f.add_argument("--resume", action="store_true", help="keep the rows already in --out")
+    f.add_argument("--timeout", type=float, default=None, help="seconds per run")
+
+
+def dataset_root(size: str, args: argparse.Namespace) -> Path:
+    """The data root of ``size`` training images (expanded once, then reused)."""
+    from fapm.data.expand import expand_training_set
+
+    if size == "real":
+        return Path(args.source)
+    root = Path(args.data_dir) / f"mtd_{size}"
+    if not (root / "magnetic_tile" / "expand_manifest.json").exists():
+        log(f"expanding the tiles' train/good to {size} images in {root}")
+        expand_training_set(args.source, "magnetic_tile", root, int(size), seed=0)
+    return root
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    """One child process per (size, option) running the product's fit (``fapm train``'s
+    ``fapm.pipeline.train.train``); its peak RSS is read from ``wait4``."""
+    name = args.out or f"scale_fit_{args.backbone}.json"
+    path = RESULTS / name
+    rows = json.loads(path.read_text()).get("rows", []) if path.exists() and args.resume else []
+    done = {(str(r["size"]), r["option"]) for r in rows}
+    for size in args.sizes.split(","):
+        root = dataset_root(size, args)
+        for option in args.options.split(","):
+            if (size, option) in done:
+                continue
+            run_dir = Path(args.runs_dir) / f"{args.backbone}_{option}_{size}"
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            cmd = [sys.executable, __file__, "fit-run", "--n", "0" if size == "real" else size, "--option", option,
+                   "--root", str(root), "--run-dir", str(run_dir), "--backbone", args.backbone,
+                   "--threads", str(args.threads)]
+            log(f"fit {option} on {size} images: {' '.join(cmd)}")
+            run_dir.mkdir(parents=True)
+            with open(run_dir.with_suffix(".log"), "w") as logf:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, text=True)
+                out, _ = proc.communicate(timeout=args.timeout)  # the child reports its own peak RSS (ru_maxrss)
+            lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                log(f"failed ({proc.returncode}); see {run_dir.with_suffix('.log')}")
+                continue
+            row = json.loads(lines[-1][7:])
+            row["size"] = size
+            rows.append(row)
+            log(json.dumps(row))
+            save(name, {"machine": machine(), "backbone": args.backbone, "source": "tiles' train/good, expanded",
+                        "rows": rows, "table": fit_real_table(rows, args)})
+    print(markdown(fit_real_table(rows, args)))
+
+
+@torch.inference_mode()
+def cmd_fit_run(args: argparse.Namespace) -> None:
+    """Child: ``fapm train data=mtd data.root=<root> backbone=<b> model=…`` in this process, then the
+    search of the saved model timed at batch 1 and 8; prints one RESULT line."""
+    import csv
+
+    from fapm.data.mvtec import mvtec_train_records
+    from fapm.pipeline.train import train
+
+    overrides = ["data=mtd", f"data.root={args.root}", f"backbone={args.backbone}", *REAL_FIT_OPTIONS[args.option],
+                 f"runtime.threads={args.threads}", "data.num_workers=0", "logger=csv", "callbacks=none"]
+    cfg = compose_train(overrides, args.run_dir)
+    images = len(mvtec_train_records(args.root, "magnetic_tile"))
+    metrics = train(cfg)
+    run = Path(args.run_dir)
+    build = {}
+    for csv_path in run.rglob("metrics.csv"):
+        with open(csv_path) as f:
+            for rec in csv.DictReader(f):
+                for key, value in rec.items():
+                    if key.endswith("/build_seconds") and value:
+                        build[key.split("/")[1]] = float(value)
+    build_s = sum(build.values())
+    row: dict[str, Any] = {
+        "option": args.option, "overrides": REAL_FIT_OPTIONS[args.option], "images": images,
+        "fit_s": metrics["fit_seconds"], "build_s": build_s, "build_s_by_stream": build,
+        "extraction_s": metrics["fit_seconds"] - build_s, "build_s_per_image": build_s / images,
+        "memory_vectors": metrics.get("memory_vectors"), "memory_sizes": {k: [min(v), max(v)] for k, v in
+                                                                           metrics.get("memory_sizes", {}).items()},
+        "image_auroc": metrics.get("image_auroc"), "pixel_auroc": metrics.get("pixel_auroc"),
+        "pixel_aupro": metrics.get("pixel_aupro"), "latency_ms_batch1_end_to_end": metrics.get("latency_ms"),
+        "peak_rss_mb_fit_and_test": peak_rss_mb(),
+    }
+    row.update(time_saved_search(run / "model.safetensors", args))
+    row["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def compose_train(overrides: list[str], run_dir: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fapm.conf import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={run_dir}", *overrides], return_hydra_config=False)
+
+
+def time_saved_search(model_path: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Median search ms per image (``detector.nearest``: k-NN of every region, features given) of
+    the saved model on test images, at batch 1 and 8."""
+    from fapm.data import MVTecDataModule
+    from fapm.model_file import load_detector
+
+    detector, file = load_detector(model_path)
+    detector.eval()
+    mean, std = file.preprocess["mean"], file.preprocess["std"]
+    dm = MVTecDataModule(root=args.root, category="magnetic_tile", train_batch_size=8, eval_batch_size=8,
+                         mean=mean, std=std, num_workers=0)
+    dm.setup("test")
+    batches = []
+    for batch in dm.test_dataloader():
+        batches.append(batch["image"])
+        if sum(b.shape[0] for b in batches) >= SEARCH_IMAGES + 8:
+            break
+    images = torch.cat(batches)[: SEARCH_IMAGES + 8]
+    streams = [detector.extract(images[i : i + 8]) for i in range(0, len(images), 8)]
+    detector.nearest(streams[0])  # builds the indexes, warms up
+    out = {}
+    for batch in (1, 8):
+        per_image = []
+        for part in streams[1:]:
+            for lo in range(0, 8, batch):
+                t = time.perf_counter()
+                detector.nearest([s[lo : lo + batch] for s in part])
+                per_image.append((time.perf_counter() - t) / batch)
+        out[f"search_ms_batch{batch}"] = 1000 * sorted(per_image)[len(per_image) // 2]
+    return out
+
+
+def fit_real_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    columns = ["option", "images", "peak RSS MB", "extraction s", "build s", "build s/img", "memory vectors",
+               "search ms/img (batch 1)", "search ms/img (batch 8)", "image AUROC", "pixel AUROC", "AUPRO"]
+    order = {o: i for i, o in enumerate(REAL_FIT_OPTIONS)}
+    body = []
+    for r in sorted(rows, key=lambda r: (order.get(r["option"], 99), r["images"])):
+        pct = lambda v: None if v is None else round(100 * v, 1)
+        body.append([r["option"], r["images"], round(r["peak_rss_mb"]), round(r["extraction_s"]), round(r["build_s"], 1),
+                     round(r["build_s_per_image"], 4), r["memory_vectors"], round(r["search_ms_batch1"], 1),
+                     round(r["search_ms_batch8"], 1), pct(r["image_auroc"]), pct(r["pixel_auroc"]),
+                     pct(r["pixel_aupro"])])
+    command = (f"python -m benchmarks.scale fit --backbone {args.backbone} --sizes {args.sizes} "
+               f"--options {args.options} --threads {args.threads}")
+    return {"title": f"Fit on thousands of real-tile images ({args.backbone})", "command": command,
+            "date": time.strftime("%Y-%m-%d"), "machine": "2-core x86-64 CPU, no GPU, shared with other sessions",
+            "weights": "ImageNet EfficientNet-Lite0 (packaged)" if "lite0" in args.backbone else
+            f"{args.backbone}", "columns": columns, "rows": body}
+
+
+def markdown(table: dict[str, Any]) -> str:
+    cols = table["columns"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table["rows"]:
+        lines.append("| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def cmd_fit_table(args: argparse.Namespace) -> None:
+    """Join the rows of several ``fit`` result files (runs done in parallel queues) into one table."""
+    rows, machines = [], []
+    for name in args.inputs.split(","):
+        data = json.loads((RESULTS / name).read_text())
+        rows += data["rows"]
+        machines.append(data.get("machine"))
+    table = fit_real_table(rows, args)
+    save(args.out, {"machine": machines, "backbone": args.backbone, "parts": args.inputs.split(","),
+                    "rows": rows, "table": table})
+    print(markdown(table))
+
+
+# ------------------------------------------------------------ coreset (exact vs composable)
+@torch.inference_mode()
+def cmd_coreset(args: argparse.Namespace) -> None:
+    """PatchCore's coreset on the real tiles' features, exact greedy vs composable, in one process
+    (same load for both): selection seconds and covering radius in feature space, for the first
+    ``--sizes`` training images (Lite0 ImageNet, PatchCore's concatenated streams)."""
+    from fapm.data import MVTecDataModule
+    from fapm.models.coreset import ComposableKCenter, GreedyKCenter, exact_assignment, num_centres
+
+    torch.set_num_threads(args.threads)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    settings = compose_settings([f"backbone={args.backbone}", "data=mtd", f"data.root={args.source}",
+                                 "model=patchcore"])
+    det = detector_for_backbone([f"backbone={args.backbone}", "model=patchcore"])
+    det.eval()
+    dm = MVTecDataModule(root=args.source, category="magnetic_tile", train_batch_size=8, eval_batch_size=8,
+                         mean=settings.data.mean, std=settings.data.std, num_workers=0)
+    dm.setup("fit")
+    det.reset_fit()
+    seen = 0
+    for batch in dm.train_dataloader():
+        det.collect(batch["image"])
+        seen += batch["image"].shape[0]
+        if seen >= max(sizes):
+            break
+    feats = det.features.take(0)  # [1, images x positions, C]
+    per_image = feats.shape[1] // seen
+    rows = []
+    for n_img in sizes:
+        x = feats[:, : n_img * per_image].contiguous()
+        k = num_centres(x.shape[1], 0.1)
+        row: dict[str, Any] = {"images": n_img, "candidates": x.shape[1], "k": k}
+        for name, sampler in (("exact", GreedyKCenter(128)), ("composable", ComposableKCenter(16384, projection_dim=128))):
+            t = time.perf_counter()
+            state = sampler.select(x, k, torch.Generator().manual_seed(0), statistics=False)
+            row[f"{name}_s"] = time.perf_counter() - t
+            row[f"{name}_radius"] = float(exact_assignment(x, state.selected)[0].amax().sqrt())
+        row["speedup"] = row["exact_s"] / row["composable_s"]
+        rows.append(row)
+        log(json.dumps(row))
+        save(args.out, {"machine": machine(), "backbone": args.backbone, "rows": rows, "table": coreset_table(rows, args)})
+
+
+def coreset_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    columns = ["images", "candidates", "centres", "exact greedy s", "composable s", "speed-up", "exact radius",
+               "composable radius"]
+    body = [[r["images"], r["candidates"], r["k"], round(r["exact_s"], 1), round(r["composable_s"], 1),
+             round(r["speedup"], 1), round(r["exact_radius"], 2), round(r["composable_radius"], 2)] for r in rows]
+    return {"title": "PatchCore's coreset on real tile features: exact vs composable, one process",
+            "date": time.strftime("%Y-%m-%d"), "command": f"python -m benchmarks.scale coreset --sizes {args.sizes}",
+            "machine": "2-core x86-64 CPU, no GPU, shared with other sessions",
+            "weights": "ImageNet EfficientNet-Lite0 (packaged)", "columns": columns, "rows": body}
+
+
+# ------------------------------------------------------------- fit-shapes (WRN-50-2 memory)
+@torch.inference_mode()
+def cmd_fit_shapes(args: argparse.Namespace) -> None:
+    """Child-per-size fit of seeded random features of a backbone's stream shapes (no extraction):
+    the fit's peak RSS, build s and search ms, for backbones too slow to extract thousands of
+    images on this CPU (WRN-50-2: ~0.84 s/img). ``--n`` given: run one size in this process."""
+    if args.n:
+        torch.set_num_threads(args.threads)
+        overrides = [f"backbone={args.backbone}", "backbone.pretrained=false", *REAL_FIT_OPTIONS[args.option]]
+        det = detector_for_backbone(overrides)
+        det.eval()
+        shapes = [s.shape[1:] for s in det.extract(torch.zeros(1, 3, SIZE, SIZE))]
+        rss_start = peak_rss_mb()
+        det.reset_fit(expected_images=args.n)
+        g = torch.Generator().manual_seed(0)
+        for lo in range(0, args.n, 16):
+            b = min(args.n, lo + 16) - lo
+            det.add_features([torch.randn(b, *shape, generator=g) for shape in shapes])
+        t = time.perf_counter()
+        report = det.build()
+        build_s = time.perf_counter() - t
+        row: dict[str, Any] = {"option": args.option, "backbone": args.backbone, "images": args.n,
+                               "build_s": build_s, "build_s_per_image": build_s / args.n,
+                               "peak_rss_mb": peak_rss_mb(), "rss_before_features_mb": rss_start,
+                               "memory_vectors": det.memory_vectors(), "candidates": report.candidates,
+                               "stream_shapes": [list(s) for s in shapes]}
+        queries = [torch.randn(8, *shape, generator=g) for shape in shapes]
+        det.nearest([q[:1] for q in queries])
+        for batch in (1, 8):
+            t = time.perf_counter()
+            for lo in range(0, 8, batch):
+                det.nearest([q[lo : lo + batch] for q in queries])
+            row[f"search_ms_batch{batch}"] = 1000 * (time.perf_counter() - t) / 8
+        row["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+    name = args.out or f"scale_shapes_{args.backbone}.json"
+    path = RESULTS / name
+    rows = json.loads(path.read_text()).get("rows", []) if path.exists() and args.resume else []
+    for n in [int(x) for x in args.sizes.split(",")]:
+        cmd = [sys.executable, __file__, "fit-shapes", "--n", str(n), "--option", args.option,
+               "--backbone", args.backbone, "--threads", str(args.threads)]
+        log("fit-shapes:", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            log(f"failed ({proc.returncode}):", proc.stderr[-2000:])
+            continue
+        rows.append(json.loads(lines[-1][7:]))
+        log(json.dumps(rows[-1]))
+        save(name, {"machine": machine(), "backbone": f"{args.backbone}, RANDOM init; seeded random features of its "
+                    "stream shapes (no extraction)", "rows": rows, "table": shapes_table(rows, args)})
+
+
+def shapes_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    columns = ["backbone", "option", "images", "peak RSS MB", "RSS before features MB", "build s", "build s/img",
+               "memory vectors", "search ms/img (batch 1)", "search ms/img (batch 8)"]
+    body = [[r["backbone"], r["option"], r["images"], round(r["peak_rss_mb"]), round(r["rss_before_features_mb"]),
+             round(r["build_s"]), round(r["build_s_per_image"], 3), r["memory_vectors"], round(r["search_ms_batch1"]),
+             round(r["search_ms_batch8"])] for r in rows]
+    return {"title": f"Fit on random features of {args.backbone}'s stream shapes", "date": time.strftime("%Y-%m-%d"),
+            "command": f"python -m benchmarks.scale fit-shapes --backbone {args.backbone} --option {args.option} "
+                       f"--sizes {args.sizes}", "machine": "2-core x86-64 CPU, no GPU, shared with other sessions",
+            "weights": "RANDOM init (features are seeded Gaussians of the backbone's shapes)",
+            "columns": columns, "rows": body}
+
+
+def detector_for_backbone(overrides: list[str]):
+    from fapm.builders import build_memory_detector
+
+    settings = compose_settings(overrides)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+        return build_memory_detector(settings.model, settings.backbone, settings.seed)
 
 
 # ----------------------------------------------------------------------------- micro
@@ -468,14 +814,43 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("extract")
     e.add_argument("--sizes", default="500,1000,2000")
     e.add_argument("--batch", type=int, default=16)
-    f = sub.add_parser("fit")
+    add_fit_args(sub.add_parser("fit", help="real tiles, expanded; the product's fit path (fapm train)"))
+    w = sub.add_parser("fit-run", help="child of fit: one run")
+    w.add_argument("--n", type=int, required=True)
+    w.add_argument("--option", choices=sorted(REAL_FIT_OPTIONS), required=True)
+    w.add_argument("--root", required=True)
+    w.add_argument("--run-dir", required=True)
+    w.add_argument("--backbone", default="efficientnet_lite0")
+    w.add_argument("--threads", type=int, default=1)
+    j = sub.add_parser("fit-table", help="join fit result files into one table")
+    j.add_argument("--inputs", required=True)
+    j.add_argument("--out", required=True)
+    j.add_argument("--backbone", default="efficientnet_lite0")
+    j.add_argument("--sizes", default="500,1000,2000,5000")
+    j.add_argument("--options", default="fapm,fapm_scalable,patchcore_scalable")
+    j.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("coreset", help="PatchCore's coreset on real features: exact vs composable, same process")
+    c.add_argument("--sizes", default="50,100")
+    c.add_argument("--backbone", default="efficientnet_lite0")
+    c.add_argument("--source", default=os.environ.get("FAPM_MTD_ROOT", str(ROOT.parent.parent / "shared" / "data" / "mtd")))
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", default="scale_coreset_lite0.json")
+    h = sub.add_parser("fit-shapes", help="random features of a backbone's shapes: peak RSS, build, search")
+    h.add_argument("--sizes", default="1000,2000")
+    h.add_argument("--n", type=int, default=0, help="(child) one size")
+    h.add_argument("--option", choices=sorted(REAL_FIT_OPTIONS), default="fapm_scalable_fp16_host")
+    h.add_argument("--backbone", default="wide_resnet50_2")
+    h.add_argument("--threads", type=int, default=1)
+    h.add_argument("--out", default=None)
+    h.add_argument("--resume", action="store_true")
+    f = sub.add_parser("fit-cached", help="issue 13: cached WRN-50-2 features of generated images")
     f.add_argument("--sizes", default="500,1000,2000")
     f.add_argument("--options", default="fapm_exact,fapm_fp16,fapm_proj,fapm_scalable,patchcore")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--nprobe", type=int, default=16)
     f.add_argument("--out", default="scale_fit.json")
     f.add_argument("--resume", action="store_true", help="keep the rows already in --out")
-    o = sub.add_parser("fit-one")
+    o = sub.add_parser("fit-cached-one")
     o.add_argument("--n", type=int, required=True)
     o.add_argument("--option", choices=sorted(OPTIONS), required=True)
     o.add_argument("--threads", type=int, default=2)
@@ -497,7 +872,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    {"extract": cmd_extract, "fit": cmd_fit, "fit-one": cmd_fit_one, "micro": cmd_micro, "real": cmd_real}[args.cmd](args)
+    commands = {"extract": cmd_extract, "fit": cmd_fit, "fit-shapes": cmd_fit_shapes, "fit-table": cmd_fit_table, "coreset": cmd_coreset, "fit-run": cmd_fit_run, "fit-cached": cmd_fit_cached,
+                "fit-cached-one": cmd_fit_one, "micro": cmd_micro, "real": cmd_real}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

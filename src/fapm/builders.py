@@ -69,18 +69,20 @@ def build_memory_detector(
     """
     from fapm.models.adaptive import AdaptiveCoreset
     from fapm.models.alignment import Aligner
-    from fapm.models.coreset import GreedyKCenter
+    from fapm.models.coreset import ComposableKCenter, GreedyKCenter
     from fapm.models.detector import MemoryDetector
     from fapm.models.scoring import make_image_score
     from fapm.models.streams import make_streams
 
+    chunks = {"chunk_mb": model.coreset_chunk_mb, "device_chunk_mb": model.coreset_device_chunk_mb}
+    composable = {"shard_size": model.coreset.shard_size, "oversample": model.coreset.oversample}
+    samplers = {  # model.coreset.strategy (conf/model/coreset/)
+        "greedy": lambda: GreedyKCenter(projection_dim=model.projection_dim, **chunks),
+        "composable": lambda: ComposableKCenter(projection_dim=model.projection_dim, **composable, **chunks),
+    }
     coreset = AdaptiveCoreset(
         ratio=model.coreset_ratio,
-        sampler=GreedyKCenter(
-            projection_dim=model.projection_dim,
-            chunk_mb=model.coreset_chunk_mb,
-            device_chunk_mb=model.coreset_device_chunk_mb,
-        ),
+        sampler=samplers[model.coreset.strategy](),
         adaptive=model.adaptive,
         d_th=model.d_th,
         factor=model.adaptive_factor,

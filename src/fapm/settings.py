@@ -360,6 +360,17 @@ class SearchSettings(Settings):
     auto_min_vectors_cuda: int = setting(1_000_000, ge=1, doc="auto: the same rule on CUDA")
 
 
+@dataclass(frozen=True)
+class CoresetSettings(Settings):
+    """``model.coreset``: how the greedy k-center selection runs (configs in ``conf/model/coreset/``)."""
+
+    strategy: Literal["greedy", "composable"] = setting(
+        "greedy", doc="greedy (exact) | composable (greedy per shard, then over the union of their picks)"
+    )
+    shard_size: int = setting(16384, ge=1, le=1 << 24, doc="composable: candidates per contiguous block (run of training images)")
+    oversample: float = setting(1.0, ge=1.0, le=64.0, doc="composable: all shards' picks as a multiple of the coreset size")
+
+
 def _grid_check(value: tuple[int, int]) -> str | None:
     if not all(v >= 1 for v in value):
         return f"needs two positive integers (rows, columns), got {list(value)}"
@@ -393,6 +404,7 @@ class MemorySettings(Settings):
     align_min_confidence: float = setting(10.0, ge=0.0, doc="registration PSR below which an image falls back")
     align_fallback_neighbourhood: int = setting(1, ge=0, le=MAX_GRID, doc="search radius of images that are not warped")
     search: SearchSettings = SearchSettings()
+    coreset: CoresetSettings = CoresetSettings()
     # max: measured best with ImageNet features (docs/accuracy.md); softmax = the released code's
     image_score: Literal["softmax", "max", "patchcore"] = "max"
     num_neighbors: int = setting(9, ge=1, le=MAX_K, doc="support-set size of the patchcore image score")

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from fapm.builders import build_memory_detector
 from fapm.lightning.sharded_build import ShardedBuild
+from fapm.models.coreset import GreedyKCenter
 from fapm.models.detector import MemoryDetector
 from fapm.pipeline.common import validated_settings
 from tests.conftest import compose_config
@@ -33,6 +34,12 @@ CASES = {
         "model.distance_scale=relative",
     ],
     "patchcore": ["model=patchcore"],
+}
+# Built by every rank from its own images (the composable coreset): compared with the composable
+# selection over the same shards in one process, not with a whole-set build.
+COMPOSED = {
+    "patchcore_scalable": ["model=patchcore_scalable", "model.coreset.shard_size=300"],
+    "patchcore_scalable_union": ["model=patchcore_scalable", "model.coreset.shard_size=300", "model.coreset.oversample=2.0"],
 }
 
 
@@ -57,7 +64,7 @@ def _worker(rank: int, port: int, tmp: str, images: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        for case, overrides in CASES.items():
+        for case, overrides in {**CASES, **COMPOSED}.items():
             detector = _detector(overrides, Path(tmp) / f"cfg{rank}")
             features = _features(detector, images)
             lo, hi = (0, 4) if rank == 0 else (4, images)  # uneven contiguous shards, as the sampler gives
@@ -104,3 +111,28 @@ def test_sharded_build_equals_single_process(case: str, two_process_builds: Path
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+@pytest.mark.parametrize("case", list(COMPOSED))
+def test_composable_build_runs_on_every_rank(case: str, two_process_builds: Path, tmp_path: Path) -> None:
+    """Each rank greedy on its own images (cut in blocks of 300 candidates), greedy over the gathered
+    union: equal to the composable selection over the same blocks in one process, bit for bit."""
+    single = _detector(COMPOSED[case], tmp_path)
+    single.add_features(_features(single, IMAGES))
+    candidates = single.features.take(0)  # [1, 7 images x 144 positions, C]
+    sampler = single.coreset.sampler
+    per_image = candidates.shape[1] // IMAGES
+    g = torch.Generator().manual_seed(single.seed)
+    space = sampler.project(candidates, g)
+    k = single.coreset.sizes(candidates.shape[1])[0]
+    sizes = sampler.rank_shard_sizes([4 * per_image, 3 * per_image])  # the ranks hold 4 and 3 images
+    assert sizes == [288, 288, 216, 216]
+    chosen = sampler.compose(space, sizes, k, g)
+    expected = torch.gather(candidates, 1, chosen.unsqueeze(-1).expand(-1, -1, candidates.shape[-1]))
+
+    got = torch.load(two_process_builds / f"{case}.pt", weights_only=True)
+    assert torch.equal(got["memories.0.memory"], expected)
+    assert got["memories.0.lengths"].tolist() == [k]
+    # and it is not the exact coreset's selection (the shards made a difference)
+    exact = GreedyKCenter(sampler.projection_dim).select(candidates, k, torch.Generator().manual_seed(single.seed))
+    assert set(exact.selected[0].tolist()) != set(chosen[0].tolist())

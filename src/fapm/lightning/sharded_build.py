@@ -6,6 +6,8 @@ fit runs in several processes; the plain-torch detector itself never asks about 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -24,7 +26,10 @@ class ShardedBuild:
     exchange ``d_imax`` (``[R]`` numbers: the quantile rule ranks a whole layer), enlarge
     their own regions, and the built memories are gathered on every rank. The generator is
     drawn as for the whole layer, so the memory is the single-process one, bit for bit on
-    the CPU. PatchCore's single global memory (one region) is built by rank 0 alone.
+    the CPU. With the exact greedy, PatchCore's single global memory (one region) is built by
+    rank 0 alone; a plain coreset with a composable sampler (``model/coreset=composable``, e.g.
+    ``model=patchcore_scalable``) is built by every rank from its own images instead
+    (:meth:`build_composed`).
     """
 
     distributed = True
@@ -33,6 +38,8 @@ class ShardedBuild:
         self, coreset: AdaptiveCoreset, memory: PatchMemory, features: Tensor, generator: torch.Generator,
         device: torch.device,
     ) -> int:
+        if getattr(coreset.sampler, "composable", False) and not coreset.adaptive:
+            return self.build_composed(coreset, memory, features, generator, device)
         rank, size = world()
         regions = features.shape[0]
         mine: Tensor | None = None
@@ -63,6 +70,24 @@ class ShardedBuild:
             all_gather_rows(result.d_max.float()), enlarged,
         )
         return candidates
+
+    def build_composed(
+        self, coreset: AdaptiveCoreset, memory: PatchMemory, features: Tensor, generator: torch.Generator,
+        device: torch.device,
+    ) -> int:
+        """Every rank runs the greedy on its own shard of the training images (``features [R, n_r, C]``),
+        the picks are gathered and reduced by the union step on every rank
+        (:meth:`~fapm.models.coreset.ComposableKCenter.compose_across`): no rank gathers the candidates."""
+        rank, _ = world()
+        sizes = all_gather_sizes(features.shape[1])
+        k = coreset.sizes(sum(sizes))[0]
+        gather = functools.partial(all_gather_rows, dim=1)
+        vectors = coreset.sampler.compose_across(features, sizes, rank, k, generator, gather, device)
+        del features
+        r = vectors.shape[0]
+        nan = torch.full((r,), float("nan"), device=vectors.device)
+        memory.store(vectors, torch.full((r,), k, dtype=torch.long), nan, torch.zeros(r, dtype=torch.bool))
+        return sum(sizes)
 
     def mean_thumbnail(self, total: Tensor, count: int) -> Tensor:
         """The mean over every rank's training thumbnails (each rank measures the spread on its own)."""

@@ -237,7 +237,11 @@ class AdaptiveCoreset:
         if k1 == n:
             # Nothing to reduce: keep every vector (ratio 1.0, or tiny memories).
             return FirstPass(features, k1, None, nan, final=True, k2=k1)
-        state = self.sampler.select(features, k1, generator, regions=regions, total=total, device=dev)
+        projected = bool(self.sampler.projection_dim) and self.sampler.projection_dim < features.shape[-1]
+        state = self.sampler.select(
+            features, k1, generator, regions=regions, total=total, device=dev,
+            statistics=self.adaptive or not projected,  # read below only then
+        )
         if not self.adaptive and state.space is not features:
             # Plain coreset on a projection (PatchCore): the statistics would need a full
             # extra assignment pass in feature space, as costly as the selection itself.

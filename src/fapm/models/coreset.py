@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -33,7 +34,7 @@ class KCenterState:
 
     Attributes:
         space: ``[R, N, D]`` the candidates in the space the selection runs in (the
-            features themselves, or their random projection).
+            features themselves, or their random projection: a :class:`ProjectedSpace`, or a tensor).
         selected: ``[R, k]`` indices of the chosen centres, in selection order.
         nearest_raw: ``[R, N]`` squared distance of every candidate to its nearest centre,
             with the centres themselves marked -1 so they are never picked twice.
@@ -42,7 +43,7 @@ class KCenterState:
             subset (``space`` is then shared, not copied); ``None``: all of ``space``, in order.
     """
 
-    space: Tensor
+    space: Tensor | ProjectedSpace
     selected: Tensor
     nearest_raw: Tensor
     assignment: Tensor
@@ -107,8 +108,35 @@ def as_compute(x: Tensor, device: torch.device) -> Tensor:
     return x.to(device=device, dtype=torch.float32, non_blocking=True).contiguous()
 
 
+class ProjectedSpace:
+    """``features [R, N, C]`` seen through a ``[C, D]`` projection that is applied when a block of
+    memories is read (``space[rows]`` → float32 ``[r, N, D]`` on ``device``), so the projected
+    candidates are never held all at once: a greedy run keeps one chunk of them. Each memory is
+    projected by itself, so a block reads the same bits as the whole layer projected at once."""
+
+    dtype = torch.float32
+
+    def __init__(self, features: Tensor, matrix: Tensor, device: torch.device) -> None:
+        self.features = features
+        self.matrix = matrix.to(device)
+        self.device = device
+        self.shape = torch.Size((*features.shape[:2], matrix.shape[1]))
+
+    def __getitem__(self, rows: slice | Tensor) -> Tensor:
+        if isinstance(rows, Tensor):
+            rows = rows.to(self.features.device)
+        block = self.features[rows]
+        out = torch.empty(block.shape[0], block.shape[1], self.shape[2], device=self.device)
+        for i in range(block.shape[0]):
+            torch.matmul(as_compute(block[i], self.device), self.matrix, out=out[i])
+        return out
+
+
 class GreedyKCenter:
     """Seeded greedy k-center selection over ``[R, N, C]`` memories.
+
+    ``composable`` (class attribute): whether the selection composes from shards of the candidates
+    (:class:`ComposableKCenter`), so DDP ranks can each select from their own images.
 
     Features may be stored narrower (float16/bfloat16) or elsewhere (pinned host memory)
     than where the selection runs: each chunk of regions is cast to float32 on the
@@ -121,6 +149,8 @@ class GreedyKCenter:
         device_chunk_mb: CUDA budget (MiB of float32) per streamed chunk when the features
             are not float32 on the device (0 = a quarter of the free device memory).
     """
+
+    composable = False
 
     def __init__(
         self, projection_dim: int | None = None, chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0
@@ -147,6 +177,16 @@ class GreedyKCenter:
             torch.matmul(as_compute(features[region], dev), matrix, out=out[region])
         return out
 
+    def lazy_projection(
+        self, features: Tensor, generator: torch.Generator, device: torch.device | None = None
+    ) -> Tensor | ProjectedSpace:
+        """As :meth:`project` (the same draw and the same bits), applied chunk by chunk when read."""
+        c = features.shape[-1]
+        if not self.projection_dim or self.projection_dim >= c:
+            return features
+        matrix = torch.randn(c, self.projection_dim, generator=generator, device="cpu")
+        return ProjectedSpace(features, matrix / math.sqrt(self.projection_dim), compute_device(features, device))
+
     def select(
         self,
         features: Tensor,
@@ -155,6 +195,7 @@ class GreedyKCenter:
         regions: slice | Tensor | None = None,
         total: int | None = None,
         device: torch.device | str | None = None,
+        statistics: bool = True,
     ) -> KCenterState:
         """Run greedy k-center to ``k`` centres in every memory of ``features [R, N, C]``.
 
@@ -166,12 +207,14 @@ class GreedyKCenter:
 
         Args:
             device: where distances are computed (default: the features' device).
+            statistics: whether the caller reads the state's distances (a greedy run has them
+                anyway; approximate samplers skip computing them when False).
         """
         r, n, _ = features.shape
         if not 1 <= k <= n:
             raise ValueError(f"k must be in [1, {n}], got {k}")
         dev = compute_device(features, device)
-        space = self.project(features, generator, dev)
+        space = self.lazy_projection(features, generator, dev)  # projected chunk by chunk: never held whole
         start = torch.randint(n, (r if total is None else total,), generator=generator)
         if regions is not None:
             start = start[regions.cpu() if isinstance(regions, Tensor) else regions]
@@ -318,3 +361,205 @@ def mean_sq_norm(features: Tensor, device: torch.device | None = None, chunk: in
         part = as_compute(features[:, lo : lo + chunk], dev)
         total += (part * part).sum(-1).sum(-1)
     return total / max(features.shape[1], 1)
+
+
+# --------------------------------------------------------------------- composable coreset
+def split_sizes(n: int, shards: int) -> list[int]:
+    """Sizes of ``shards`` contiguous blocks of ``n`` candidates (the first ones one larger), as
+    :func:`fapm.distributed.shard_bounds` splits a data set between ranks."""
+    shards = max(1, min(shards, n))
+    q, rem = divmod(n, shards)
+    return [q + 1 if i < rem else q for i in range(shards)]
+
+
+def shard_quotas(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` centres between shards in proportion to their ``sizes`` (largest remainder,
+    ties to the earlier shard), so the quotas add up to ``total`` exactly and none exceeds its shard."""
+    n = sum(sizes)
+    if not 0 <= total <= n:
+        raise ValueError(f"cannot pick {total} centres from {n} candidates")
+    exact = [total * s / n for s in sizes]
+    quotas = [min(s, math.floor(e)) for s, e in zip(sizes, exact)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    left = total - sum(quotas)
+    for i in order:
+        if left == 0:
+            break
+        if quotas[i] < sizes[i]:
+            quotas[i] += 1
+            left -= 1
+    return quotas
+
+
+class ComposableKCenter(GreedyKCenter):
+    """Approximate greedy k-center: greedy on each shard, then greedy over the union of their picks.
+
+    The candidates of a memory are cut into ``ceil(N / shard_size)`` contiguous blocks of equal
+    size (images are stored one after the other, so a block is a run of training images, like a
+    DDP rank's share). Shard ``s`` of ``n_s`` candidates runs the greedy rule to its share of ``ceil(oversample · k)``
+    centres (in proportion to ``n_s``); the union of these picks is reduced to ``k`` by the greedy
+    rule again. With ``oversample`` 1 the union already holds ``k`` points and is the result (the
+    union step would select all of them). This is the composable coreset for k-center (each
+    shard's greedy picks cover their shard within twice its optimal radius; the union covers the
+    whole set within the largest of those radii). PatchCore's global greedy costs ``k · N =
+    ratio · N²`` distance rows; sharded, ``ratio · N · shard_size`` (linear in ``N``) plus
+    ``oversample · k²`` for the union step when ``oversample`` > 1.
+
+    One shard is the exact greedy run: the same draws, the same centres in the same order.
+
+    Args:
+        shard_size: candidates per block (at most; >= N: one block, the exact greedy).
+        oversample: picks of all shards together, as a multiple of ``k`` (>= 1).
+        projection_dim, chunk_mb, device_chunk_mb: as :class:`GreedyKCenter`.
+    """
+
+    composable = True
+
+    def __init__(
+        self, shard_size: int = 16384, oversample: float = 1.0, projection_dim: int | None = None,
+        chunk_mb: float | None = 8.0, device_chunk_mb: float | None = 0.0,
+    ) -> None:
+        super().__init__(projection_dim, chunk_mb, device_chunk_mb)
+        if shard_size < 1:
+            raise ValueError(f"model.coreset.shard_size must be >= 1, got {shard_size}")
+        if oversample < 1:
+            raise ValueError(f"model.coreset.oversample must be >= 1, got {oversample}")
+        self.shard_size = int(shard_size)
+        self.oversample = float(oversample)
+
+    def shard_sizes(self, n: int) -> list[int]:
+        """Sizes of the contiguous blocks ``n`` candidates are cut into (at most ``shard_size`` each)."""
+        return split_sizes(n, math.ceil(n / self.shard_size))
+
+    def select(
+        self,
+        features: Tensor,
+        k: int,
+        generator: torch.Generator,
+        regions: slice | Tensor | None = None,
+        total: int | None = None,
+        device: torch.device | str | None = None,
+        statistics: bool = True,
+    ) -> KCenterState:
+        """Composable selection of ``k`` centres in every memory of ``features [R, N, C]``
+        (arguments as :meth:`GreedyKCenter.select`). With ``statistics`` the state's distances are
+        those of every candidate to its nearest selected centre in the selection space (one chunked
+        pass, so the run can be extended); without, they are empty ``[R, 0]`` tensors."""
+        r, n, _ = features.shape
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be in [1, {n}], got {k}")
+        dev = compute_device(features, device)
+        space = self.project(features, generator, dev)
+        rows = r if total is None else total
+        selected = self.compose(space, self.shard_sizes(n), k, generator, rows, regions)
+        if not statistics:
+            empty = torch.empty(r, 0, device=dev)
+            return KCenterState(space, selected, empty, empty.long())
+        nearest, assignment = exact_assignment(space, selected, device=dev)
+        nearest.scatter_(1, selected, -1.0)  # centres are marked as in a greedy run (never picked again)
+        return KCenterState(space, selected, nearest, assignment)
+
+    def compose(
+        self,
+        space: Tensor,
+        sizes: list[int],
+        k: int,
+        generator: torch.Generator,
+        total: int | None = None,
+        regions: slice | Tensor | None = None,
+    ) -> Tensor:
+        """``[R, k]`` indices into ``space [R, N, D]`` (already in the selection space) chosen by
+        greedy on the contiguous shards of ``sizes`` (summing to ``N``), then on their union.
+
+        The start of every shard is drawn at once for the ``total`` memories of a layer (then
+        ``regions`` taken), so one shard draws exactly what :meth:`GreedyKCenter.select` does.
+        """
+        r, n, _ = space.shape
+        if sum(sizes) != n:
+            raise ValueError(f"shard sizes {sizes} do not add up to the {n} candidates")
+        starts = self.shard_starts(generator, sizes, r if total is None else total, regions)
+        quotas = shard_quotas(sizes, min(n, math.ceil(round(self.oversample * k, 6))))
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        picks = [
+            self.shard_select(space[:, lo : lo + s], q, starts[:, i]) + lo
+            for i, (lo, s, q) in enumerate(zip(offsets, sizes, quotas)) if q > 0
+        ]
+        union = torch.cat(picks, dim=1)  # [R, U], in shard order
+        return union[:, :k] if union.shape[1] == k else self.union_select(space, union, k, generator)
+
+    @staticmethod
+    def shard_starts(
+        generator: torch.Generator, sizes: list[int], total: int, regions: slice | Tensor | None = None
+    ) -> Tensor:
+        """``[R, shards]`` start point of each shard's greedy run, below the smallest shard's size
+        (with one shard: ``randint(N)``, the exact run's draw)."""
+        starts = torch.randint(min(sizes), (total, len(sizes)), generator=generator)
+        if regions is not None:
+            starts = starts[regions.cpu() if isinstance(regions, Tensor) else regions]
+        return starts
+
+    def shard_select(self, shard: Tensor, k: int, start: Tensor) -> Tensor:
+        """Greedy to ``k`` centres in each memory of one shard ``[R, S, D]`` → ``[R, k]`` local indices."""
+        return self._run(shard, k, start=start.to(shard.device), device=shard.device).selected
+
+    def union_select(self, space: Tensor, union: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Greedy to ``k`` of the ``union [R, U]`` candidates of ``space`` → ``[R, k]`` indices into ``space``."""
+        d = space.shape[-1]
+        points = torch.gather(space, 1, union.to(space.device).unsqueeze(-1).expand(-1, -1, d))
+        start = torch.randint(union.shape[1], (union.shape[0],), generator=generator)
+        chosen = self._run(points, k, start=start.to(points.device), device=points.device).selected
+        return torch.gather(union, 1, chosen.to(union.device))
+
+    def compose_across(
+        self,
+        local: Tensor,
+        counts: list[int],
+        rank: int,
+        k: int,
+        generator: torch.Generator,
+        gather: Callable[[Tensor], Tensor],
+        device: torch.device | None = None,
+    ) -> Tensor:
+        """The composable selection when the candidates are spread over processes (DDP ranks).
+
+        Process ``rank`` holds ``local [R, counts[rank], C]``, the ``rank``-th contiguous part of
+        the candidates; each part is cut into blocks of at most ``shard_size`` by itself. Every
+        process runs the greedy on its own blocks, the picks are gathered (``gather`` concatenates
+        every process's ``[R, q, *]`` along dim 1 in rank order) and the union step runs on every
+        process. Every process draws from ``generator`` what :meth:`compose` draws, so the result
+        equals ``compose`` over the concatenated candidates with :meth:`rank_shard_sizes`.
+
+        Returns:
+            ``[R, k, C]`` the selected vectors in float32 on ``device``, the same on every process.
+        """
+        r, n_local, c = local.shape
+        if counts[rank] != n_local or min(counts) < 1:
+            raise ValueError(f"candidates per process {counts}: process {rank} holds {n_local} (each needs >= 1)")
+        dev = compute_device(local, device)
+        sizes = self.rank_shard_sizes(counts)
+        first = sum(len(self.shard_sizes(m)) for m in counts[:rank])  # this process's first block
+        mine = self.shard_sizes(n_local)
+        space = self.project(local, generator, dev)  # every process draws the same matrix
+        starts = self.shard_starts(generator, sizes, r)
+        quotas = shard_quotas(sizes, min(sum(sizes), math.ceil(round(self.oversample * k, 6))))
+        picks, lo = [], 0
+        for j, size in enumerate(mine):
+            if quotas[first + j]:
+                picks.append(self.shard_select(space[:, lo : lo + size], quotas[first + j], starts[:, first + j]) + lo)
+            lo += size
+        picked = torch.cat(picks, dim=1) if picks else torch.empty(r, 0, dtype=torch.long, device=dev)
+        vectors = as_compute(torch.gather(local, 1, picked.to(local.device).unsqueeze(-1).expand(-1, -1, c)), dev)
+        union = gather(vectors)  # [R, U, C]
+        if union.shape[1] == k:
+            return union
+        points = union if space is local else gather(torch.gather(space, 1, picked.unsqueeze(-1).expand(
+            -1, -1, space.shape[-1])))
+        positions = torch.arange(union.shape[1], device=dev).expand(r, -1)
+        chosen = self.union_select(points, positions, k, generator)
+        return torch.gather(union, 1, chosen.unsqueeze(-1).expand(-1, -1, c))
+
+    def rank_shard_sizes(self, counts: list[int]) -> list[int]:
+        """The blocks of candidates split between processes as ``counts``: each part cut by itself."""
+        return [size for m in counts for size in self.shard_sizes(m)]
