@@ -102,6 +102,8 @@ def test_no_markdown_file_repeats_another_files_paragraph():
     """A paragraph of prose (160+ characters, code blocks left out) is written in one file only."""
     seen: dict[str, set[str]] = defaultdict(set)
     for path in _markdown_files():
+        if path.relative_to(REPO).as_posix().startswith("docs/results/"):
+            continue  # rendered from the JSON results: their captions share the machine's wording by design
         text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
         for paragraph in re.split(r"\n\s*\n", text):
             paragraph = " ".join(paragraph.split())

@@ -422,7 +422,7 @@ class MemorySettings(Settings):
         0.0, ge=0.0, le=1 << 20, doc="MiB of float32 candidates streamed to the device per coreset chunk, 0 = 1/4 of free memory"
     )
     memory_cap: int | None = setting(
-        None, ge=1, le=MAX_MEMORY_CAP, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
+        1000, ge=1, le=MAX_MEMORY_CAP, doc="most first-pass centres per region (enlarged regions get adaptive_factor times), null = none"
     )
     timing_warmup: int = setting(2, ge=0, le=1000, doc="test batches not counted in the latency")
 

@@ -66,8 +66,8 @@ NONE_MEANS: dict[str, Callable[[Any], bool]] = {
     "feature_storage": lambda v: default(MemoryDetector, "feature_host") is False and v == "device",
     "align": lambda v: default(MemoryDetector, "aligner") is None and v == "none",
 }
-#: settings keys that no constructor receives (names and the family, the search's own node)
-NOT_CONSTRUCTOR_ARGUMENTS = {"family", "name", "search"}
+#: settings keys that no constructor receives (names and the family, the search's and the coreset's own nodes)
+NOT_CONSTRUCTOR_ARGUMENTS = {"family", "name", "search", "coreset"}
 
 
 @pytest.fixture(scope="module")

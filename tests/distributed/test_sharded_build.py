@@ -122,7 +122,7 @@ def test_composable_build_runs_on_every_rank(case: str, two_process_builds: Path
     candidates = single.features.take(0)  # [1, 7 images x 144 positions, C]
     sampler = single.coreset.sampler
     per_image = candidates.shape[1] // IMAGES
-    g = torch.Generator().manual_seed(single.seed)
+    g = torch.Generator().manual_seed(single.builder.seed)
     space = sampler.project(candidates, g)
     k = single.coreset.sizes(candidates.shape[1])[0]
     sizes = sampler.rank_shard_sizes([4 * per_image, 3 * per_image])  # the ranks hold 4 and 3 images
@@ -134,5 +134,5 @@ def test_composable_build_runs_on_every_rank(case: str, two_process_builds: Path
     assert torch.equal(got["memories.0.memory"], expected)
     assert got["memories.0.lengths"].tolist() == [k]
     # and it is not the exact coreset's selection (the shards made a difference)
-    exact = GreedyKCenter(sampler.projection_dim).select(candidates, k, torch.Generator().manual_seed(single.seed))
+    exact = GreedyKCenter(sampler.projection_dim).select(candidates, k, torch.Generator().manual_seed(single.builder.seed))
     assert set(exact.selected[0].tolist()) != set(chosen[0].tolist())

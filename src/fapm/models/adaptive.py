@@ -117,7 +117,8 @@ class AdaptiveCoreset:
         distance_scale: meaning of ‖·‖² in Eq. 1 (see the module docstring).
         threshold_mode: ``absolute`` or ``quantile``.
         with_cluster_spread: also return ``d_ik`` of every cluster (costs a scatter).
-        memory_cap: most first-pass centres per memory (``None`` = ``ratio`` alone decides);
+        memory_cap: most first-pass centres per memory (default 1,000, the model configs' value; ``None`` =
+            ``ratio`` alone decides);
             enlarged memories get at most ``factor`` times it. Bounds the memory, the build
             (``O(N·cap)`` instead of ``O(ratio·N²)``) and the search, whatever ``N``.
     """
@@ -132,7 +133,7 @@ class AdaptiveCoreset:
         distance_scale: DistanceScale = "raw",
         threshold_mode: ThresholdMode = "quantile",
         with_cluster_spread: bool = True,
-        memory_cap: int | None = None,
+        memory_cap: int | None = 1000,
     ) -> None:
         if not 0 < ratio <= 1:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
