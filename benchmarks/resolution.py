@@ -91,8 +91,10 @@ def markdown(table: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--setting", action="append", required=True,
+    p.add_argument("--setting", action="append", default=[],
                    help="'label=override override ...' (one fapm train run each)")
+    p.add_argument("--render-only", action="store_true",
+                   help="run nothing: rebuild the table of --out from the runs it holds (e.g. after joining two sweeps)")
     p.add_argument("--data", default="mtd", help="data config (default mtd: ../shared/data/mtd)")
     p.add_argument("--base", default="", help="overrides applied to every setting")
     p.add_argument("--title", default="FAPM on the magnetic tiles against input geometry")
@@ -107,16 +109,21 @@ def main() -> None:
     runs_dir = Path(args.runs)
     runs_dir.mkdir(parents=True, exist_ok=True)
     base = [f"data={args.data}", "callbacks=none", "logger=none", "data.eval_batch_size=8", *args.base.split()]
-    for spec in args.setting:
-        label, _, rest = spec.partition("=")
-        label = label.strip()
-        if label in data["runs"] and data["runs"][label]["metrics"].get("status") == "ok" and not args.rerun:
-            continue
-        print(f"[resolution] {label}: {rest}", file=sys.stderr, flush=True)
-        data["runs"][label] = run_setting(label, rest.split(), base, runs_dir)
-        r = data["runs"][label]
-        print(f"[resolution] {label}: exit {r['exit']}, {r['wall_s']:.0f} s, image AUROC "
-              f"{_pct(r['metrics'].get('image_auroc'))}", file=sys.stderr, flush=True)
+    if not args.setting and not args.render_only:
+        p.error("give at least one --setting (or --render-only)")
+    for spec in ([] if args.render_only else args.setting) + ["(render)"]:
+        if spec != "(render)":
+            label, _, rest = spec.partition("=")
+            label = label.strip()
+            if label in data["runs"] and data["runs"][label]["metrics"].get("status") == "ok" and not args.rerun:
+                continue
+            print(f"[resolution] {label}: {rest}", file=sys.stderr, flush=True)
+            data["runs"][label] = run_setting(label, rest.split(), base, runs_dir)
+            r = data["runs"][label]
+            print(f"[resolution] {label}: exit {r['exit']}, {r['wall_s']:.0f} s, image AUROC "
+                  f"{_pct(r['metrics'].get('image_auroc'))}", file=sys.stderr, flush=True)
+        elif not data["runs"]:
+            break
         data["table"] = {
             "title": args.title,
             "command": "python -m benchmarks.resolution " + " ".join(
