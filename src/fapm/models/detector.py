@@ -65,11 +65,16 @@ class MemoryDetector(nn.Module):
     Args:
         extractor: backbone returning pooled ``{layer: [B, C, H, W]}``.
         streams: how layers become feature streams (separate or concatenated).
-        grid: ``(gh, gw)`` patch grid; must divide every stream's feature map.
+        grid: ``(gh, gw)`` patch grid, at most every stream's feature-map size (regions split at
+            ``floor(i·H/gh)``; see :class:`~fapm.models.patch_memory.RegionLayout`).
         coreset: the (adaptive) coreset applied to every memory.
         search: factory returning a fresh :class:`KNNSearch` (one per stream).
-        k, image_score, map_upsample, blur_sigma, neighbourhood, neighbourhood_border: the
-            scoring settings (see :class:`~fapm.models.scorer.Scorer`).
+        k: neighbours per test vector (scoring settings: see :class:`~fapm.models.scorer.Scorer`).
+        image_score: image-score strategy (default: the max score).
+        map_upsample: ``bilinear``, ``nearest`` or ``bicubic`` resize of the patch map.
+        blur_sigma: Gaussian blur of the anomaly map (0 = none).
+        neighbourhood: radius in regions searched around each region (0 = its own memory only).
+        neighbourhood_border: ``clip`` or ``shift`` window at the grid's border.
         layer_weights: fusion weight per stream (default 1 each).
         seed: seed of the coreset's random choices.
         feature_dtype: storage dtype of the collected training features (``None`` = as
