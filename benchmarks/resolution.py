@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def _cuda() -> bool:
 
 def run_setting(label: str, overrides: list[str], base: list[str], out_dir: Path) -> dict[str, Any]:
     """One ``fapm train`` run; its metrics, wall seconds and peak RSS."""
-    run_dir = out_dir / label.replace(" ", "_").replace("/", "-")
+    run_dir = out_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")  # a safe Hydra override value
     cmd = [sys.executable, "-m", "fapm", "train", *base, *overrides, f"paths.output_dir={run_dir}"]
     start = time.perf_counter()
     with open(out_dir / f"{run_dir.name}.log", "w") as log:

@@ -16,6 +16,7 @@ sweep have their own folders, so only two sweeps into the same sweep folder can 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,8 @@ from typing import Any, ClassVar
 from hydra.experimental.callback import Callback
 
 from fapm.errors import FapmError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".fapm-run.lock"
 
@@ -33,7 +36,9 @@ class RunFolderBusy(FapmError):
     hint = "wait for it to finish, or give this run another folder (hydra.run.dir=...)"
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int, what: str = "the run folder") -> bool:
+    """Non-blocking exclusive lock on ``fd``; False when another process holds it. On a file
+    system without locks the run goes on unlocked (said once in the log) rather than not at all."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -48,8 +53,8 @@ def _try_lock(fd: int) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # a file system without locks: run unlocked rather than not at all
-        return True
+    except OSError as err:
+        log.warning("cannot lock %s (%s); concurrent runs into it are not detected", what, err)
     return True
 
 
@@ -62,7 +67,7 @@ def lock_folder(folder: str | Path) -> int:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_lock(fd):
+    if not try_lock(fd):
         try:
             os.lseek(fd, 0, os.SEEK_SET)
             pid = os.read(fd, 32).decode(errors="replace").strip()

@@ -48,11 +48,12 @@ def fit(det: MemoryDetector, images: torch.Tensor) -> MemoryDetector:
 
 
 #: what each variant changes from model=fapm (the module docstring's table: grid, streams, adaptive;
-#: PatchCore also its projection, k and image score)
+#: PatchCore also its projection, k and image score; the single global memories of PatchCore and C
+#: are not capped per region)
 VARIANT_CHANGES = {
-    "patchcore": {"grid", "fusion", "adaptive", "projection_dim", "k", "image_score"},
+    "patchcore": {"grid", "fusion", "adaptive", "projection_dim", "k", "image_score", "memory_cap"},
     "ablation_b": {"fusion", "adaptive"},
-    "ablation_c": {"grid", "adaptive"},
+    "ablation_c": {"grid", "adaptive", "memory_cap"},
     "ablation_d": {"adaptive"},
 }
 

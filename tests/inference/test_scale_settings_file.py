@@ -33,4 +33,4 @@ def test_scale_settings_round_trip(tmp_path) -> None:
     with torch.no_grad():
         a, b = detector.eval()(images), loaded(images)
     assert torch.equal(a.image_scores, b.image_scores)
-    assert all(isinstance(s, AutoKNN) for s in loaded._searches)
+    assert all(isinstance(s, AutoKNN) for s in loaded.search.searches)

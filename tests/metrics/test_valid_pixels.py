@@ -18,15 +18,20 @@ def _case() -> tuple[torch.Tensor, torch.Tensor]:
     return maps, masks
 
 
-def test_padding_is_left_out_of_pixel_auroc_and_aupro() -> None:
-    maps, masks = _case()
-    # the same images letterboxed into 8x12 canvases: padding columns with high scores and no defect
+def _letterboxed(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same images in 8x12 canvases: padding columns with high scores and no defect, and the valid pixels."""
     padded_maps = torch.full((3, 8, 12), 5.0)
     padded_maps[:, :, 2:10] = maps
     padded_masks = torch.zeros(3, 8, 12)
     padded_masks[:, :, 2:10] = masks
     valid = torch.zeros(3, 8, 12, dtype=torch.bool)
     valid[:, :, 2:10] = True
+    return padded_maps, padded_masks, valid
+
+
+def test_padding_is_left_out_of_pixel_auroc_and_aupro() -> None:
+    maps, masks = _case()
+    padded_maps, padded_masks, valid = _letterboxed(maps, masks)
     plain = pixel_sweep(maps, masks, max_fpr=0.3)
     masked = pixel_sweep(padded_maps, padded_masks, max_fpr=0.3, valid=valid)
     counted = pixel_sweep(padded_maps, padded_masks, max_fpr=0.3)
@@ -36,13 +41,7 @@ def test_padding_is_left_out_of_pixel_auroc_and_aupro() -> None:
 
 
 def test_anomaly_metrics_pass_valid_pixels_through_updates() -> None:
-    maps, masks = _case()
-    padded_maps = torch.full((3, 8, 12), 5.0)
-    padded_maps[:, :, 2:10] = maps
-    padded_masks = torch.zeros(3, 8, 12)
-    padded_masks[:, :, 2:10] = masks
-    valid = torch.zeros(3, 8, 12, dtype=torch.bool)
-    valid[:, :, 2:10] = True
+    padded_maps, padded_masks, valid = _letterboxed(*_case())
     labels = torch.tensor([1, 0, 1])
     with_valid, reference = AnomalyMetrics(), AnomalyMetrics()
     with_valid.update(torch.tensor([1.0, 0.0, 2.0])[:2], labels[:2], padded_maps[:2], padded_masks[:2], valid=valid[:2])

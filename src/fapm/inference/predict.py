@@ -44,6 +44,7 @@ from fapm.data.image_io import IMAGE_EXTENSIONS
 from fapm.inference.api import FAPM, PredictionResult
 from fapm.inference.images import InputError, open_image
 from fapm.inference.visualize import mask_image, overlay
+from fapm.runlock import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -313,27 +314,6 @@ def output_name(path: Path, base: Path, used: set[str]) -> str:
 
 
 # ------------------------------------------------------------------------------ output folder
-def _lock(fd: int) -> bool:
-    """Non-blocking exclusive lock on ``fd``; False when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as err:  # a file system without locks: run unlocked rather than not at all
-        log.warning("cannot lock the output folder (%s); concurrent runs into it are not detected", err)
-    return True
-
-
 class OutputFolder:
     """The output folder of one predict run, created, checked and locked before any work.
 
@@ -366,7 +346,7 @@ class OutputFolder:
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise OutputError(f"the output folder {path} is not writable: {err.strerror or err}") from None
-        if not _lock(fd):
+        if not try_lock(fd, "the output folder"):
             holder = _read_pid(fd)
             os.close(fd)
             raise OutputError(
