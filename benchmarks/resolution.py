@@ -112,19 +112,9 @@ def main() -> None:
     base = [f"data={args.data}", "callbacks=none", "logger=none", "data.eval_batch_size=8", *args.base.split()]
     if not args.setting and not args.render_only:
         p.error("give at least one --setting (or --render-only)")
-    for spec in ([] if args.render_only else args.setting) + ["(render)"]:
-        if spec != "(render)":
-            label, _, rest = spec.partition("=")
-            label = label.strip()
-            if label in data["runs"] and data["runs"][label]["metrics"].get("status") == "ok" and not args.rerun:
-                continue
-            print(f"[resolution] {label}: {rest}", file=sys.stderr, flush=True)
-            data["runs"][label] = run_setting(label, rest.split(), base, runs_dir)
-            r = data["runs"][label]
-            print(f"[resolution] {label}: exit {r['exit']}, {r['wall_s']:.0f} s, image AUROC "
-                  f"{_pct(r['metrics'].get('image_auroc'))}", file=sys.stderr, flush=True)
-        elif not data["runs"]:
-            break
+
+    def write() -> None:
+        """The table of every run so far, and the JSON (after each run: a long sweep can be resumed)."""
         data["table"] = {
             "title": args.title,
             "command": "python -m benchmarks.resolution " + " ".join(
@@ -138,6 +128,20 @@ def main() -> None:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=1) + "\n")
+
+    for spec in [] if args.render_only else args.setting:
+        label, _, rest = spec.partition("=")
+        label = label.strip()
+        if label in data["runs"] and data["runs"][label]["metrics"].get("status") == "ok" and not args.rerun:
+            continue
+        print(f"[resolution] {label}: {rest}", file=sys.stderr, flush=True)
+        data["runs"][label] = run_setting(label, rest.split(), base, runs_dir)
+        r = data["runs"][label]
+        print(f"[resolution] {label}: exit {r['exit']}, {r['wall_s']:.0f} s, image AUROC "
+              f"{_pct(r['metrics'].get('image_auroc'))}", file=sys.stderr, flush=True)
+        write()
+    if args.render_only and data["runs"]:
+        write()
     if "table" in data:
         print(markdown(data["table"]))
 

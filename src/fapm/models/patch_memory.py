@@ -77,11 +77,11 @@ class RegionLayout:
         return self.valid.sum(1)
 
     def on(self, device: torch.device) -> "RegionLayout":
-        """This layout with its index tensors on ``device``."""
+        """This layout with its index tensors on ``device`` (copied once per device, then cached:
+        split, merge and the support set ask for it on every batch)."""
         if self.index.device == device:
             return self
-        return dataclasses.replace(self, index=self.index.to(device), valid=self.valid.to(device),
-                                   inverse=self.inverse.to(device))
+        return _layout_on(self.height, self.width, *self.grid, str(device))
 
 
 def bounds(size: int, parts: int) -> list[int]:
@@ -109,6 +109,13 @@ def _layout(height: int, width: int, gh: int, gw: int) -> RegionLayout:
             inverse[positions] = r * slots + torch.arange(n)
     even = height % gh == 0 and width % gw == 0
     return RegionLayout(height, width, (gh, gw), even, slots, index, valid, inverse)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_on(height: int, width: int, gh: int, gw: int, device: str) -> RegionLayout:
+    layout = _layout(height, width, gh, gw)
+    return dataclasses.replace(layout, index=layout.index.to(device), valid=layout.valid.to(device),
+                               inverse=layout.inverse.to(device))
 
 
 def region_layout(height: int, width: int, grid: Sequence[int], what: str = "feature map") -> RegionLayout:
